@@ -1,0 +1,57 @@
+"""The HTTP API: `create_app(settings=None)` builds it; it never imports TensorFlow."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from apiflask import APIFlask
+
+from api import errors, health, jobs
+from api.context import EXTENSION, ApiContext
+from api.openapi import RequestBodiesPlugin
+from api.schemas import ErrorOut
+from api.uploads import StreamingUploadRequest
+from core.config import Settings, load_settings
+from core.db import Database
+from core.storage import Storage
+from worker.celery_app import create_celery
+
+
+def create_app(settings: Settings | None = None) -> APIFlask:
+    """Build the API for `settings` (read from the environment when not given)."""
+    settings = settings or load_settings()
+    bodies = RequestBodiesPlugin()
+    app = APIFlask(
+        "pneumoscan",
+        title="pneumoscan",
+        version=_package_version(),
+        spec_path="/openapi.json",
+        docs_path="/docs",
+        spec_plugins=[bodies],
+    )
+    app.request_class = StreamingUploadRequest
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+        VALIDATION_ERROR_STATUS_CODE=400,
+        VALIDATION_ERROR_SCHEMA=ErrorOut,
+        HTTP_ERROR_SCHEMA=ErrorOut,
+        JSON_SORT_KEYS=False,
+        SYNC_LOCAL_SPEC=False,
+    )
+    app.extensions[EXTENSION] = ApiContext(
+        settings=settings,
+        db=Database(settings.database_url),
+        storage=Storage(settings.storage_dir),
+        celery=create_celery(settings),
+    )
+    errors.init_app(app)
+    health.init_app(app)
+    jobs.init_app(app, bodies)
+    return app
+
+
+def _package_version() -> str:
+    try:
+        return version("pneumoscan")
+    except PackageNotFoundError:
+        return "0+unknown"

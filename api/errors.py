@@ -1,0 +1,61 @@
+"""Every error leaves the API as JSON: {"error": {"code", "message", "details"}}."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from apiflask import APIFlask, HTTPError
+from flask.typing import ResponseReturnValue
+
+from core.jobs import (
+    FolderNotAllowedError,
+    InvalidUploadError,
+    JobError,
+    JobFinishedError,
+    JobNotFoundError,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_OF = {
+    JobNotFoundError: 404,
+    FolderNotAllowedError: 403,
+    InvalidUploadError: 400,
+    JobFinishedError: 409,
+}
+
+
+def api_error(status: int, message: str, code: str | None = None) -> HTTPError:
+    """An HTTPError with a stable machine-readable code."""
+    return HTTPError(status, message, extra_data={"code": code or _code_for(status)})
+
+
+def init_app(app: APIFlask) -> None:
+    app.error_processor(_render)
+    app.register_error_handler(JobError, _from_domain_error)
+
+
+def _from_domain_error(error: JobError) -> ResponseReturnValue:
+    status = next((s for cls, s in STATUS_OF.items() if isinstance(error, cls)), 400)
+    return _render(api_error(status, error.message, error.code))
+
+
+def _render(error: HTTPError) -> Any:
+    if error.status_code >= 500:
+        log.error("request failed with %s: %s", error.status_code, error.message)
+    extra = error.extra_data or {}
+    is_validation = error.status_code in (400, 422) and bool(error.detail)
+    code = extra.get("code") or (
+        "validation_error" if is_validation else _code_for(error.status_code)
+    )
+    body = {"code": code, "message": error.message, "details": error.detail or None}
+    return {"error": body}, error.status_code, error.headers
+
+
+def _code_for(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"

@@ -1,0 +1,270 @@
+"""/v1/jobs: submit a study archive, files or server folder; follow it; read its results."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+from uuid import uuid4
+
+from apiflask import APIBlueprint, APIFlask
+from flask import Response, current_app, request, stream_with_context, url_for
+from kombu.exceptions import OperationalError as BrokerError
+from marshmallow import ValidationError
+from werkzeug.datastructures import FileStorage
+
+from api.context import ApiContext, api_context
+from api.errors import api_error
+from api.openapi import RequestBodiesPlugin
+from api.schemas import (
+    FolderJobIn,
+    JobOut,
+    JobsPageOut,
+    JobsQuery,
+    RejectedListOut,
+    ResultsPageOut,
+    ResultsQuery,
+    UploadJobIn,
+)
+from api.uploads import persist
+from core.archive import is_zip_file
+from core.ingest import ARCHIVE_NAME
+from core.jobs import (
+    Page,
+    cancel_job,
+    create_job,
+    get_job,
+    list_jobs,
+    list_rejected,
+    resolve_import_folder,
+    save_uploaded_images,
+)
+from core.models import Job, JobStatus, SourceKind, utcnow
+from core.results import iter_results, results_page
+from worker.tasks import ingest_job
+
+log = logging.getLogger(__name__)
+bp = APIBlueprint("jobs", __name__, url_prefix="/v1", tag="Jobs")
+
+RESULTS_RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
+    200: {
+        "description": "A page of results, or all of them as CSV",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    },
+    404: {"description": "No such job"},
+}
+CSV_COLUMNS = ["id", "path", "probability", "label", "threshold", "model_version", "error"]
+
+
+def init_app(app: APIFlask, bodies: RequestBodiesPlugin) -> None:
+    bodies.add(
+        "/v1/jobs", "post", {"application/json": FolderJobIn, "multipart/form-data": UploadJobIn}
+    )
+    app.register_blueprint(bp)
+
+
+@bp.post("/jobs")
+@bp.output(JobOut, status_code=202, description="The job, queued")
+@bp.doc(
+    responses={
+        400: "Bad input",
+        403: "Folder outside the import roots",
+        413: "Too large",
+        415: "Neither JSON nor multipart",
+        503: "Queue unavailable",
+    }
+)
+def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Submit a zip (`archive`), files with relative paths (`images`) or a server folder."""
+    context = api_context(current_app)
+    job_id = uuid4().hex
+    try:
+        kind, source_name = _store_source(context, job_id)
+        with context.db.session() as session:
+            job = create_job(session, kind, source_name, job_id)
+    except BaseException:
+        context.storage.remove_job(job_id)
+        raise
+    # Only once the job row is committed may a worker look for it.
+    _enqueue_ingest(context, job)
+    return _job_out(job), 202, {"Location": url_for("jobs.get_job_status", job_id=job_id)}
+
+
+def _store_source(context: ApiContext, job_id: str) -> tuple[SourceKind, str]:
+    if request.mimetype == "application/json":
+        data = _load(FolderJobIn(), request.get_json(silent=False))
+        folder = resolve_import_folder(data["folder"], context.settings.import_roots)
+        return SourceKind.FOLDER, str(folder)
+    if request.mimetype == "multipart/form-data":
+        data = _load(
+            UploadJobIn(),
+            {
+                key: value
+                for key, value in (
+                    ("archive", request.files.get("archive")),
+                    ("images", request.files.getlist("images") or None),
+                )
+                if value is not None
+            },
+        )
+        if data.get("archive"):
+            return SourceKind.ARCHIVE, _store_archive(context, job_id, data["archive"])
+        count = save_uploaded_images(
+            context.storage, job_id, ((f.filename or "", f.stream) for f in data["images"])
+        )
+        return SourceKind.IMAGES, f"{count} uploaded files"
+    raise api_error(
+        415, 'send JSON {"folder": ...} or multipart/form-data with `archive` or `images`'
+    )
+
+
+def _store_archive(context: ApiContext, job_id: str, upload: FileStorage) -> str:
+    target = context.storage.job_dir(job_id) / ARCHIVE_NAME
+    persist(upload, target)
+    if not is_zip_file(target):
+        raise api_error(400, "`archive` is not a zip file", "invalid_upload")
+    return upload.filename or ARCHIVE_NAME
+
+
+def _load(schema: Any, data: Any) -> dict[str, Any]:
+    try:
+        loaded: dict[str, Any] = schema.load(data if data is not None else {})
+        return loaded
+    except ValidationError as exc:
+        error = api_error(400, "Validation error", "validation_error")
+        error.detail = {"body": exc.messages}
+        raise error from exc
+
+
+def _enqueue_ingest(context: ApiContext, job: Job) -> None:
+    try:
+        context.celery.tasks[ingest_job.name].delay(job.id)
+    except BrokerError as exc:
+        log.error("could not enqueue job %s: %s", job.id, exc)
+        with context.db.session() as session:
+            stored = get_job(session, job.id)
+            stored.status, stored.finished_at = JobStatus.FAILED, utcnow()
+            stored.status_detail = "the job queue is unavailable; nothing was scored, submit again"
+        context.storage.remove_job(job.id)
+        raise api_error(503, "the job queue is unavailable; try again shortly") from exc
+
+
+@bp.get("/jobs")
+@bp.input(JobsQuery, location="query")
+@bp.output(JobsPageOut)
+def list_job_statuses(query_data: dict[str, Any]) -> dict[str, Any]:
+    """Jobs, newest first, optionally filtered by status."""
+    context = api_context(current_app)
+    with context.db.session() as session:
+        page = list_jobs(
+            session, query_data["page"], query_data["per_page"], query_data.get("status")
+        )
+    return {"items": [_job_out(job) for job in page.items], "pagination": _pagination(page)}
+
+
+@bp.get("/jobs/<job_id>")
+@bp.output(JobOut)
+@bp.doc(responses={404: "No such job"})
+def get_job_status(job_id: str) -> dict[str, Any]:
+    """Status, counts, progress, model versions and timestamps of one job."""
+    with api_context(current_app).db.session() as session:
+        return _job_out(get_job(session, job_id))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+@bp.output(JobOut)
+@bp.doc(responses={404: "No such job", 409: "Already finished"})
+def cancel(job_id: str) -> dict[str, Any]:
+    """Stop a job; results already written stay."""
+    with api_context(current_app).db.session() as session:
+        return _job_out(cancel_job(session, job_id))
+
+
+@bp.get("/jobs/<job_id>/rejected")
+@bp.output(RejectedListOut)
+@bp.doc(responses={404: "No such job"})
+def rejected(job_id: str) -> dict[str, Any]:
+    """Entries of the upload that were not scored as images, with the reason."""
+    with api_context(current_app).db.session() as session:
+        return {
+            "items": [{"path": r.path, "reason": r.reason} for r in list_rejected(session, job_id)]
+        }
+
+
+@bp.get("/jobs/<job_id>/results")
+@bp.input(ResultsQuery, location="query")
+@bp.output(ResultsPageOut)
+@bp.doc(responses=RESULTS_RESPONSES)
+def results(job_id: str, query_data: dict[str, Any]) -> Any:
+    """A page of results as JSON, or every result as CSV with `?format=csv`."""
+    context = api_context(current_app)
+    if query_data["format"] == "csv":
+        with context.db.session() as session:
+            get_job(session, job_id)  # 404 before the streaming starts
+        return Response(
+            stream_with_context(_csv_lines(context, job_id)),
+            mimetype="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="pneumoscan-{job_id}.csv"'},
+        )
+    with context.db.session() as session:
+        job = get_job(session, job_id)
+        page = results_page(session, job_id, query_data["page"], query_data["per_page"])
+        status = job.status
+    return {
+        "job_id": job_id,
+        "status": status,
+        "items": [vars(row) for row in page.items],
+        "pagination": _pagination(page),
+    }
+
+
+def _csv_lines(context: ApiContext, job_id: str) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    with context.db.session() as session:
+        for row in iter_results(session, job_id):
+            writer.writerow(
+                ["" if getattr(row, c) is None else getattr(row, c) for c in CSV_COLUMNS]
+            )
+            if buffer.tell() > 64 * 1024:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _job_out(job: Job) -> dict[str, Any]:
+    versions = list(job.model_versions or [])
+    return {
+        "id": job.id,
+        "status": job.status,
+        "status_detail": job.status_detail,
+        "source_kind": job.source_kind,
+        "source_name": job.source_name,
+        "total": job.total,
+        "scored": job.scored,
+        "errors": job.errors,
+        "rejected": job.rejected,
+        "progress": round(job.progress, 4),
+        "waiting_for_model": job.waiting_for_model,
+        "model_version": versions[-1] if versions else None,
+        "model_versions": versions,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "results_url": url_for("jobs.results", job_id=job.id),
+    }
+
+
+def _pagination(page: Page) -> dict[str, int]:
+    return {
+        "page": page.page,
+        "per_page": page.per_page,
+        "total": page.total,
+        "pages": max(1, math.ceil(page.total / page.per_page)),
+    }

@@ -1,0 +1,128 @@
+"""Request and response schemas: they validate input and they are the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiflask import Schema
+from apiflask.fields import Boolean, DateTime, Dict, File, Float, Integer, List, Nested, String
+from apiflask.validators import Length, OneOf, Range
+from marshmallow import ValidationError, validates_schema
+
+from core.models import JobStatus
+
+
+class FolderJobIn(Schema):
+    folder = String(
+        required=True,
+        validate=Length(min=1, max=4096),
+        metadata={"description": "A folder under one of PNEUMOSCAN_IMPORT_ROOTS."},
+    )
+
+
+class UploadJobIn(Schema):
+    archive = File(metadata={"description": "A zip archive of images (one level of nested zips)."})
+    images = List(
+        File(),
+        metadata={"description": "Image files; each part's filename is its relative path."},
+    )
+
+    @validates_schema
+    def _exactly_one_source(self, data: dict[str, Any], **_: Any) -> None:
+        if bool(data.get("archive")) == bool(data.get("images")):
+            raise ValidationError("send either one `archive` file or one or more `images` files")
+
+
+class PageQuery(Schema):
+    page = Integer(load_default=1, validate=Range(min=1))
+    per_page = Integer(load_default=50, validate=Range(min=1, max=1000))
+
+
+class JobsQuery(PageQuery):
+    status = String(validate=OneOf([status.value for status in JobStatus]))
+
+
+class ResultsQuery(PageQuery):
+    per_page = Integer(load_default=500, validate=Range(min=1, max=5000))
+    format = String(load_default="json", validate=OneOf(["json", "csv"]))
+
+
+class PaginationOut(Schema):
+    page = Integer()
+    per_page = Integer()
+    total = Integer()
+    pages = Integer()
+
+
+class JobOut(Schema):
+    id = String()
+    status = String(metadata={"enum": [status.value for status in JobStatus]})
+    status_detail = String(allow_none=True)
+    source_kind = String()
+    source_name = String()
+    total = Integer(allow_none=True, metadata={"description": "Images found; null until ingested."})
+    scored = Integer()
+    errors = Integer(metadata={"description": "Images that could not be scored."})
+    rejected = Integer(metadata={"description": "Entries that were not images, with reasons."})
+    progress = Float(metadata={"description": "Share of images with a result, 0 to 1."})
+    waiting_for_model = Boolean()
+    model_version = String(allow_none=True, metadata={"description": "Latest version used."})
+    model_versions = List(String(), metadata={"description": "Every version that scored it."})
+    created_at = DateTime()
+    updated_at = DateTime()
+    started_at = DateTime(allow_none=True)
+    finished_at = DateTime(allow_none=True)
+    results_url = String()
+
+
+class JobsPageOut(Schema):
+    items = List(Nested(JobOut))
+    pagination = Nested(PaginationOut)
+
+
+class ResultOut(Schema):
+    id = Integer()
+    path = String()
+    probability = Float(allow_none=True)
+    label = String(allow_none=True)
+    threshold = Float(allow_none=True)
+    model_version = String(allow_none=True)
+    error = String(allow_none=True)
+    scored_at = DateTime(allow_none=True)
+
+
+class ResultsPageOut(Schema):
+    job_id = String()
+    status = String()
+    items = List(Nested(ResultOut))
+    pagination = Nested(PaginationOut)
+
+
+class RejectedOut(Schema):
+    path = String()
+    reason = String()
+
+
+class RejectedListOut(Schema):
+    items = List(Nested(RejectedOut))
+
+
+class CheckOut(Schema):
+    name = String()
+    ok = Boolean()
+    detail = String(allow_none=True)
+
+
+class HealthOut(Schema):
+    status = String()
+    checks = List(Nested(CheckOut))
+
+
+class ErrorBody(Schema):
+    code = String(required=True)
+    message = String(required=True)
+    details = Dict(allow_none=True)
+
+
+class ErrorOut(Schema):
+    error = Nested(ErrorBody, required=True)

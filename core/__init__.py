@@ -1,0 +1,1 @@
+"""Code every pneumoscan process shares: settings, database, storage, imaging, registry."""

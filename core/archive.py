@@ -1,0 +1,276 @@
+"""Turning an uploaded zip, a set of uploaded files or a server folder into candidate files.
+
+Nothing here trusts a name: members are written under generated names inside the job's own
+folder, sizes are counted on the bytes actually read, and every refusal carries a reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+ZIP_MAGIC = b"PK\x03\x04"
+EMPTY_ZIP_MAGIC = b"PK\x05\x06"
+COPY_CHUNK = 1024 * 1024
+# Below this many bytes a high compression ratio is normal (a blank image) and harmless.
+RATIO_GRACE_BYTES = 1024 * 1024
+_DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
+
+
+class ArchiveError(ValueError):
+    """The whole archive is refused; the message says why."""
+
+
+class ArchiveLimitError(ArchiveError):
+    """A limit of the whole job (members, uncompressed bytes) was passed."""
+
+
+class UnsafePathError(ValueError):
+    """One member name is refused; the message says why."""
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_members: int
+    max_total_bytes: int
+    max_ratio: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file that may be an image: the path the user knows it by, and where it is on disk."""
+
+    relative_path: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Rejection:
+    path: str
+    reason: str
+
+
+@dataclass
+class Expansion:
+    candidates: list[Candidate] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def extend(self, other: Expansion) -> None:
+        self.candidates.extend(other.candidates)
+        self.rejected.extend(other.rejected)
+
+
+def clean_relative_path(name: str) -> str:
+    """A normalised relative POSIX path, or UnsafePathError for anything that could escape."""
+    if not name or "\x00" in name:
+        raise UnsafePathError("empty name or NUL byte in name")
+    if "\\" in name:
+        raise UnsafePathError("backslash in member name")
+    if name.startswith("/") or _DRIVE_LETTER.match(name):
+        raise UnsafePathError("absolute path")
+    parts = [part for part in PurePosixPath(name).parts if part not in ("", ".")]
+    if ".." in parts:
+        raise UnsafePathError("'..' in member name")
+    if not parts:
+        raise UnsafePathError("empty name")
+    return "/".join(parts)
+
+
+def is_ignored(relative_path: str) -> bool:
+    """Operating-system litter: `__MACOSX/`, AppleDouble `._*` files and dotfiles."""
+    parts = relative_path.split("/")
+    return parts[0] == "__MACOSX" or any(part.startswith(".") for part in parts)
+
+
+def is_zip_file(path: Path) -> bool:
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    return head in (ZIP_MAGIC, EMPTY_ZIP_MAGIC)
+
+
+class _Budget:
+    """Members and uncompressed bytes left for one job, shared across nested archives."""
+
+    def __init__(self, limits: ArchiveLimits) -> None:
+        self.limits = limits
+        self.members = 0
+        self.bytes = 0
+
+    def count_member(self) -> None:
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise ArchiveLimitError(f"more than {self.limits.max_members} members")
+
+    def count_bytes(self, n: int) -> None:
+        self.bytes += n
+        if self.bytes > self.limits.max_total_bytes:
+            limit_mb = self.limits.max_total_bytes // (1024 * 1024)
+            raise ArchiveLimitError(f"more than {limit_mb} MB once uncompressed")
+
+
+class _NameSource:
+    """Generated file names inside the job folder: 000001, 000002, ..."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.counter = 0
+
+    def next_path(self) -> Path:
+        self.counter += 1
+        return self.directory / f"{self.counter:06d}"
+
+
+def expand_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> Expansion:
+    """Extract `archive` into `dest`; one level of nested zip is followed, deeper is refused."""
+    dest.mkdir(parents=True, exist_ok=True)
+    return _expand(archive, "", _NameSource(dest), _Budget(limits), depth=0)
+
+
+def _expand(
+    archive: Path, prefix: str, names: _NameSource, budget: _Budget, depth: int
+) -> Expansion:
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = bundle.infolist()
+            if not members and depth == 0:
+                raise ArchiveError("the archive is empty")
+            expansion = Expansion()
+            for info in members:
+                expansion.extend(_expand_member(bundle, info, prefix, names, budget, depth))
+            return expansion
+    except zipfile.BadZipFile as exc:
+        raise ArchiveError(f"not a readable zip archive: {exc}") from exc
+
+
+def _expand_member(
+    bundle: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    prefix: str,
+    names: _NameSource,
+    budget: _Budget,
+    depth: int,
+) -> Expansion:
+    if info.is_dir():
+        return Expansion()
+    budget.count_member()
+    shown = prefix + info.filename
+    try:
+        relative = prefix + clean_relative_path(info.filename)
+    except UnsafePathError as exc:
+        return Expansion(rejected=[Rejection(shown, f"unsafe path: {exc}")])
+    if is_ignored(clean_relative_path(info.filename)):
+        return Expansion()
+    reason = _member_refusal(info)
+    if reason:
+        return Expansion(rejected=[Rejection(relative, reason)])
+    target = names.next_path()
+    try:
+        _copy_member(bundle, info, target, budget)
+    except _MemberRefusedError as exc:
+        target.unlink(missing_ok=True)
+        return Expansion(rejected=[Rejection(relative, str(exc))])
+    if is_zip_file(target):
+        return _expand_nested(target, relative, names, budget, depth)
+    return Expansion(candidates=[Candidate(relative, target)])
+
+
+def _expand_nested(
+    target: Path, relative: str, names: _NameSource, budget: _Budget, depth: int
+) -> Expansion:
+    try:
+        if depth >= 1:
+            return Expansion(
+                rejected=[Rejection(relative, "nested archive more than one level deep")]
+            )
+        return _expand(target, relative + "/", names, budget, depth + 1)
+    except ArchiveLimitError:
+        raise
+    except ArchiveError as exc:
+        return Expansion(rejected=[Rejection(relative, f"nested archive refused: {exc}")])
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def _member_refusal(info: zipfile.ZipInfo) -> str | None:
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if info.flag_bits & 0x1:
+        return "encrypted member"
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        return f"unsupported compression method {info.compress_type}"
+    return None
+
+
+class _MemberRefusedError(Exception):
+    pass
+
+
+def _copy_member(
+    bundle: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _Budget
+) -> None:
+    # Declared sizes lie in crafted archives: count what decompression actually yields.
+    ratio_limit = max(info.compress_size, 1) * budget.limits.max_ratio
+    written = 0
+    try:
+        with bundle.open(info) as source, target.open("wb") as sink:
+            while chunk := source.read(COPY_CHUNK):
+                written += len(chunk)
+                budget.count_bytes(len(chunk))
+                if written > RATIO_GRACE_BYTES and written > ratio_limit:
+                    raise _MemberRefusedError(
+                        f"compression ratio above {budget.limits.max_ratio}:1 (zip bomb?)"
+                    )
+                sink.write(chunk)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise _MemberRefusedError(f"corrupt member: {exc}") from exc
+
+
+def collect_folder(
+    root: Path, folder: Path, archives_dest: Path, limits: ArchiveLimits
+) -> Expansion:
+    """Files under `folder` in place; zips among them expanded into `archives_dest`."""
+    expansion = Expansion()
+    budget = _Budget(limits)
+    names = _NameSource(archives_dest)
+    for path, relative in _walk(folder):
+        budget.count_member()
+        if is_ignored(relative):
+            continue
+        if path.is_symlink() and not _inside(path.resolve(), root):
+            expansion.rejected.append(Rejection(relative, "symbolic link leaving the import root"))
+            continue
+        if is_zip_file(path):
+            archives_dest.mkdir(parents=True, exist_ok=True)
+            expansion.extend(_expand_nested_in_folder(path, relative, names, budget))
+            continue
+        expansion.candidates.append(Candidate(relative, path))
+    return expansion
+
+
+def _expand_nested_in_folder(
+    path: Path, relative: str, names: _NameSource, budget: _Budget
+) -> Expansion:
+    try:
+        return _expand(path, relative + "/", names, budget, depth=1)
+    except ArchiveLimitError:
+        raise
+    except ArchiveError as exc:
+        return Expansion(rejected=[Rejection(relative, f"archive refused: {exc}")])
+
+
+def _walk(folder: Path) -> Iterator[tuple[Path, str]]:
+    for directory, subdirs, files in os.walk(folder, followlinks=False):
+        subdirs.sort()
+        for name in sorted(files):
+            path = Path(directory) / name
+            yield path, path.relative_to(folder).as_posix()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents

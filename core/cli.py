@@ -1,0 +1,333 @@
+"""The `pneumoscan` command.
+
+This is the composition root: commands import `api`, `worker` and `training` inside their
+bodies, so importing `core` never pulls them (or TensorFlow) in.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from core.config import Settings, load_settings
+
+
+@click.group()
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """pneumoscan: batch scoring of chest X-rays for pneumonia."""
+    try:
+        ctx.obj = load_settings()
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid PNEUMOSCAN_* settings:\n{exc}") from exc
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+@main.command()
+@click.pass_context
+def up(ctx: click.Context) -> None:
+    """Run api, workers and scheduler together on this machine (Ctrl-C stops all)."""
+    from core.migrate import upgrade
+    from core.supervisor import Supervisor
+
+    settings = _settings(ctx)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    me = [sys.executable, "-m", "core.cli"]
+    click.echo(f"pneumoscan: serving on {settings.api_url} (database {settings.database_url})")
+    code = Supervisor(
+        {
+            "api": [*me, "api"],
+            "worker": [*me, "worker", "--queues", "ingest,scoring,training"],
+            "beat": [*me, "beat"],
+        }
+    ).run()
+    sys.exit(code)
+
+
+@main.command()
+@click.pass_context
+def api(ctx: click.Context) -> None:
+    """Serve the HTTP API with gunicorn (threads, so long uploads do not block others)."""
+    settings = _settings(ctx)
+    argv = [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"{settings.api_host}:{settings.api_port}",
+        "--workers", str(settings.api_workers),
+        "--worker-class", "gthread",
+        "--threads", "8",
+        # gthread workers heartbeat from their main thread, so a slow upload is not killed.
+        "--timeout", "120",
+        "--graceful-timeout", "30",
+        "--access-logfile", "-",
+        "api.wsgi:app",
+    ]  # fmt: skip
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+@click.option("--queues", default="ingest,scoring", show_default=True)
+@click.option(
+    "--concurrency", type=int, default=None, help="Default: PNEUMOSCAN_WORKER_CONCURRENCY."
+)
+@click.option(
+    "--pool",
+    default="prefork",
+    show_default=True,
+    type=click.Choice(["prefork", "solo", "threads"]),
+)
+@click.pass_context
+def worker(ctx: click.Context, queues: str, concurrency: int | None, pool: str) -> None:
+    """Run a Celery worker; it loads the active model lazily in each child process."""
+    from worker.celery_app import create_celery
+
+    settings = _settings(ctx)
+    app = create_celery(settings)
+    app.worker_main(
+        [
+            "worker",
+            "--queues", queues,
+            "--concurrency", str(concurrency or settings.worker_concurrency),
+            "--pool", pool,
+            "--loglevel", settings.log_level,
+            "--hostname", f"pneumoscan-{queues.replace(',', '-')}-{os.getpid()}@%h",
+            "--without-mingle", "--without-gossip",
+        ]
+    )  # fmt: skip
+
+
+@main.command()
+@click.pass_context
+def beat(ctx: click.Context) -> None:
+    """Run the Celery beat scheduler."""
+    from worker.celery_app import create_celery
+
+    settings = _settings(ctx)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    create_celery(settings).start(["beat", "--loglevel", settings.log_level])
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@click.pass_context
+def db_upgrade(ctx: click.Context, revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from core.migrate import upgrade
+
+    upgrade(_settings(ctx).database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.pass_context
+def db_downgrade(ctx: click.Context, revision: str) -> None:
+    """Revert migrations down to REVISION ('base' for an empty database)."""
+    from core.migrate import downgrade
+
+    downgrade(_settings(ctx).database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@main.group()
+def models() -> None:
+    """Model versions."""
+
+
+@models.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--activate", is_flag=True, help="Make it the active version at once.")
+@click.option("--architecture", default=None, help="Recorded with the version.")
+@click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.pass_context
+def models_import(
+    ctx: click.Context, path: Path, activate: bool, architecture: str | None, threshold: float
+) -> None:
+    """Register a saved .keras model as a new version."""
+    from core import registry
+    from core.db import Database
+    from core.storage import Storage
+
+    settings = _settings(ctx)
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            row = registry.import_model(
+                session,
+                Storage(settings.storage_dir),
+                path,
+                architecture=architecture,
+                threshold=threshold,
+            )
+            if activate:
+                registry.activate(session, row.version)
+            version = row.version
+    except registry.RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"imported {path} as version {version}{' (active)' if activate else ''}")
+    if activate:
+        _release_waiting_jobs(settings)
+
+
+@models.command("activate")
+@click.argument("version")
+@click.pass_context
+def models_activate(ctx: click.Context, version: str) -> None:
+    """Make VERSION the active model (promote or roll back)."""
+    from core import registry
+    from core.db import Database
+
+    settings = _settings(ctx)
+    try:
+        with Database(settings.database_url).session() as session:
+            registry.activate(session, version)
+    except registry.RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"version {version} is active")
+    _release_waiting_jobs(settings)
+
+
+@models.command("list")
+@click.pass_context
+def models_list(ctx: click.Context) -> None:
+    """Registered versions, newest first."""
+    from core import registry
+    from core.db import Database
+
+    with Database(_settings(ctx).database_url).session() as session:
+        rows = registry.list_versions(session)
+        header = ("VERSION", "STATUS", "ARCHITECTURE", "SIZE", "THRESHOLD", "CREATED")
+        click.echo("{:<28} {:<10} {:<20} {:>4} {:>9}  {}".format(*header))
+        for row in rows:
+            click.echo(
+                f"{row.version:<28} {row.status:<10} {row.architecture or '-':<20} "
+                f"{row.input_size:>4} {row.threshold:>9.3f}  {row.created_at:%Y-%m-%d %H:%M}"
+            )
+
+
+@models.command("new")
+@click.option(
+    "--architecture",
+    default="inception_resnet_v2",
+    show_default=True,
+    type=click.Choice(["inception_resnet_v2", "baseline_cnn"]),
+)
+@click.option("--input-size", type=int, default=75, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def models_new(architecture: str, input_size: int, out: Path) -> None:
+    """Save an untrained model (random weights): enough to try the pipeline before training."""
+    from training.model import save_untrained
+
+    save_untrained(architecture, out, input_size)
+    click.echo(f"saved an untrained {architecture} to {out}")
+
+
+def _release_waiting_jobs(settings: Settings) -> None:
+    from kombu.exceptions import OperationalError
+
+    from worker.celery_app import create_celery
+    from worker.tasks import release_waiting_jobs
+
+    try:
+        create_celery(settings).tasks[release_waiting_jobs.name].delay()
+    except OperationalError as exc:
+        click.echo(
+            f"warning: could not reach the broker ({exc}); the scheduler will release waiting jobs"
+        )
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results CSV here."
+)
+@click.option("--api-url", default=None, help="Default: PNEUMOSCAN_API_URL.")
+@click.option("--poll-seconds", type=float, default=1.0, show_default=True)
+@click.pass_context
+def submit(
+    ctx: click.Context,
+    path: Path,
+    wait: bool,
+    out: Path | None,
+    api_url: str | None,
+    poll_seconds: float,
+) -> None:
+    """Send a folder (zipped on the fly) or a zip to the API; optionally wait and save the CSV."""
+    from core.client import ApiClient, ClientError
+
+    client = ApiClient(api_url or _settings(ctx).api_url)
+    try:
+        job = client.submit(path)
+        click.echo(f"job {job['id']} {job['status']}", err=True)
+        if wait or out:
+            job = _follow(client, job["id"], poll_seconds)
+        if out:
+            client.download_csv(job["id"], out)
+            click.echo(f"results written to {out}", err=True)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        client.close()
+    if job["status"] in ("failed", "cancelled"):
+        raise click.ClickException(f"job {job['id']} {job['status']}: {job.get('status_detail')}")
+
+
+class _ProgressDisplay:
+    """A progress bar once the job's size is known; status changes as lines before that."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.bar: Any = None
+        self.shown = 0
+        self.detail: str | None = None
+
+    def update(self, job: dict[str, Any]) -> None:
+        if job["total"] and self.bar is None:
+            self.bar = click.progressbar(
+                length=job["total"], label="scoring", file=sys.stderr, show_pos=True
+            )
+            self.bar.__enter__()
+        if self.bar is not None:
+            done = job["scored"] + job["errors"]
+            self.bar.update(done - self.shown)
+            self.shown = done
+        elif job.get("status_detail") and job["status_detail"] != self.detail:
+            self.detail = job["status_detail"]
+            click.echo(f"job {self.job_id} {job['status']}: {self.detail}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _follow(client: Any, job_id: str, poll_seconds: float) -> dict[str, Any]:
+    display = _ProgressDisplay(job_id)
+    try:
+        job: dict[str, Any] = client.wait(job_id, display.update, poll_seconds)
+    finally:
+        display.close()
+    click.echo(
+        f"job {job_id} {job['status']}: {job['scored']} scored, {job['errors']} errors, "
+        f"{job['rejected']} rejected",
+        err=True,
+    )
+    return job
+
+
+if __name__ == "__main__":
+    main()

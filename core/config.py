@@ -1,0 +1,106 @@
+"""Typed settings read once from PNEUMOSCAN_* environment variables and handed down."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+BROKER_SCHEMES = ("filesystem", "redis", "rediss", "amqp", "sqla+sqlite", "sqla+postgresql")
+
+
+class Settings(BaseSettings):
+    """Everything a pneumoscan process can be told; embedded defaults live under `home`."""
+
+    model_config = SettingsConfigDict(env_prefix="PNEUMOSCAN_", extra="ignore")
+
+    home: Path = Field(Path("var"), description="Root of the embedded defaults.")
+    database_url: str = Field("", description="SQLAlchemy URL; default SQLite under home.")
+    broker_url: str = Field("", description="Celery broker; default filesystem:// under home.")
+    storage_dir: Path = Field(
+        Path(), description="Uploads and model artifacts; default home/storage."
+    )
+    import_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Server folders that JSON {'folder': ...} jobs may name."
+    )
+    max_upload_mb: int = Field(2048, ge=1, description="Largest accepted request body.")
+    max_archive_members: int = Field(100_000, ge=1)
+    max_archive_mb: int = Field(20_480, ge=1, description="Total uncompressed bytes per job.")
+    max_compression_ratio: int = Field(200, ge=1, description="Uncompressed/compressed per member.")
+    max_image_pixels: int = Field(
+        180_000_000, ge=1, description="Pillow's decompression-bomb limit."
+    )
+    batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass.")
+    decode_threads: int = Field(4, ge=1, le=64)
+    tf_intra_op_threads: int = Field(1, ge=0, description="0 lets TensorFlow choose.")
+    tf_inter_op_threads: int = Field(1, ge=0)
+    worker_concurrency: int = Field(2, ge=1, description="Scoring processes per worker.")
+    broker_poll_seconds: float = Field(0.1, gt=0, description="Embedded broker polling interval.")
+    sweep_seconds: float = Field(30.0, gt=0, description="How often beat looks for stranded jobs.")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_workers: int = Field(2, ge=1)
+    api_url: str = Field("", description="Where the submit client finds the API.")
+    log_level: str = "INFO"
+
+    @field_validator("import_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = value.replace(",", os.pathsep).split(os.pathsep)
+            return [part.strip() for part in parts if part.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _parse_database_url(cls, value: str) -> str:
+        if value:
+            try:
+                make_url(value)
+            except ArgumentError as exc:
+                raise ValueError(f"not a SQLAlchemy database URL: {value!r}") from exc
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_scheme(cls, value: str) -> str:
+        if value and value.split("://", 1)[0] not in BROKER_SCHEMES:
+            raise ValueError(f"broker URL scheme must be one of {', '.join(BROKER_SCHEMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'pneumoscan.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if self.storage_dir == Path():
+            self.storage_dir = self.home / "storage"
+        self.storage_dir = self.storage_dir.expanduser().resolve()
+        self.import_roots = [root.expanduser().resolve() for root in self.import_roots]
+        if not self.api_url:
+            self.api_url = f"http://{self.api_host}:{self.api_port}"
+        return self
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment once, apply explicit overrides, validate."""
+    return Settings(**overrides)

@@ -1,0 +1,182 @@
+"""Creating, finding, cancelling and releasing scoring jobs; no Flask or Celery here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from core.archive import UnsafePathError, clean_relative_path
+from core.models import FINISHED_STATUSES, Image, Job, JobStatus, RejectedEntry, SourceKind, utcnow
+from core.registry import active_version
+from core.storage import Storage
+
+WAITING_FOR_MODEL = (
+    "waiting for an active model: import one with `pneumoscan models import MODEL.keras --activate`"
+)
+MANIFEST = "manifest.json"
+
+
+class JobError(Exception):
+    """A request about jobs was refused; `code` is stable, the message is for people."""
+
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class JobNotFoundError(JobError):
+    code = "not_found"
+
+
+class FolderNotAllowedError(JobError):
+    code = "folder_not_allowed"
+
+
+class InvalidUploadError(JobError):
+    code = "invalid_upload"
+
+
+class JobFinishedError(JobError):
+    code = "job_finished"
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list
+    total: int
+    page: int
+    per_page: int
+
+
+def create_job(session: Session, kind: SourceKind, source_name: str, job_id: str) -> Job:
+    job = Job(id=job_id, source_kind=kind, source_name=source_name, status=JobStatus.QUEUED)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFoundError(f"no job {job_id}")
+    return job
+
+
+def list_jobs(session: Session, page: int, per_page: int, status: str | None = None) -> Page:
+    query = select(Job)
+    if status:
+        query = query.where(Job.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(Job.created_at.desc(), Job.id).offset((page - 1) * per_page).limit(per_page)
+    )
+    return Page(list(rows), total, page, per_page)
+
+
+def list_rejected(session: Session, job_id: str) -> list[RejectedEntry]:
+    get_job(session, job_id)
+    return list(
+        session.scalars(
+            select(RejectedEntry).where(RejectedEntry.job_id == job_id).order_by(RejectedEntry.id)
+        )
+    )
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    """Stop a job: batches not yet scored are skipped; what was scored stays."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        raise JobNotFoundError(f"no job {job_id}")
+    if job.status in FINISHED_STATUSES:
+        raise JobFinishedError(f"job {job_id} is already {job.status}")
+    job.status = JobStatus.CANCELLED
+    job.status_detail = "cancelled by request"
+    job.waiting_for_model = False
+    job.finished_at = utcnow()
+    return job
+
+
+def resolve_import_folder(folder: str, roots: list[Path]) -> Path:
+    """The real path of `folder` when it lies under one of `roots`, after following links."""
+    if not roots:
+        raise FolderNotAllowedError("no import roots are configured (PNEUMOSCAN_IMPORT_ROOTS)")
+    resolved = Path(folder).expanduser().resolve()
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        raise FolderNotAllowedError(f"{folder} is not under an allowed import root")
+    if not resolved.is_dir():
+        raise InvalidUploadError(f"{folder} is not a folder on the server")
+    return resolved
+
+
+def save_uploaded_images(
+    storage: Storage, job_id: str, files: Iterable[tuple[str, BinaryIO]]
+) -> int:
+    """Write uploaded files under generated names plus a manifest of their relative paths."""
+    received = storage.job_dir(job_id) / "received"
+    received.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for index, (name, stream) in enumerate(files, start=1):
+        try:
+            relative = clean_relative_path(name)
+        except UnsafePathError as exc:
+            raise InvalidUploadError(f"file name {name!r} refused: {exc}") from exc
+        stored = f"{index:06d}"
+        with (received / stored).open("wb") as sink:
+            while chunk := stream.read(1024 * 1024):
+                sink.write(chunk)
+        manifest.append({"file": stored, "relative_path": relative})
+    if not manifest:
+        raise InvalidUploadError("no files in the upload")
+    (received / MANIFEST).write_text(json.dumps(manifest))
+    return len(manifest)
+
+
+def pending_image_batches(session: Session, job_id: str, batch_size: int) -> list[list[int]]:
+    """Ids of the job's images that still lack a result, in batches of `batch_size`."""
+    ids = list(
+        session.scalars(
+            select(Image.id)
+            .where(Image.job_id == job_id, Image.scored_at.is_(None))
+            .order_by(Image.id)
+        )
+    )
+    return [ids[start : start + batch_size] for start in range(0, len(ids), batch_size)]
+
+
+def claim_waiting_jobs(session: Session) -> list[str]:
+    """Move jobs waiting for a model to running, once one is active; each job is claimed once."""
+    if active_version(session) is None:
+        return []
+    waiting = session.scalars(select(Job.id).where(Job.waiting_for_model.is_(True))).all()
+    claimed = []
+    for job_id in waiting:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.waiting_for_model.is_(True))
+            .values(
+                waiting_for_model=False,
+                status=JobStatus.RUNNING,
+                status_detail=None,
+                started_at=utcnow(),
+            )
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            claimed.append(job_id)
+    return claimed
+
+
+def park_job_for_model(session: Session, job_id: str, detail: str = WAITING_FOR_MODEL) -> None:
+    """Put a job back to wait until a (usable) model is activated."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .values(waiting_for_model=True, status=JobStatus.QUEUED, status_detail=detail)
+    )

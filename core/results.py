@@ -1,0 +1,187 @@
+"""Writing a batch's results (idempotently) and reading a job's results back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.orm import Session
+
+from core.jobs import Page, get_job
+from core.models import Image, Job, JobStatus, ModelVersion, utcnow
+
+PNEUMONIA = "PNEUMONIA"
+NORMAL = "NORMAL"
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The outcome for one image: a probability, or an error saying why there is none."""
+
+    image_id: int
+    probability: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageToScore:
+    image_id: int
+    location: str
+    format: str
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    id: int
+    path: str
+    probability: float | None
+    label: str | None
+    threshold: float | None
+    model_version: str | None
+    error: str | None
+    scored_at: datetime | None
+
+
+def images_to_score(session: Session, job_id: str, image_ids: Sequence[int]) -> list[ImageToScore]:
+    """The images of this batch that still need a result; none when the job was stopped."""
+    job = session.get(Job, job_id)
+    if job is None or job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
+        return []
+    rows = session.execute(
+        select(Image.id, Image.location, Image.format)
+        .where(Image.job_id == job_id, Image.id.in_(image_ids), Image.scored_at.is_(None))
+        .order_by(Image.id)
+    )
+    return [ImageToScore(*row) for row in rows]
+
+
+def record_results(
+    session: Session, job_id: str, results: Sequence[ImageResult], model: ModelVersion
+) -> int:
+    """Write results not yet recorded, advance the job's counters by them; returns how many.
+
+    A redelivered batch finds its images already scored and changes nothing.
+    """
+    ids = [result.image_id for result in results]
+    fresh = set(
+        session.scalars(
+            select(Image.id)
+            .where(Image.job_id == job_id, Image.id.in_(ids), Image.scored_at.is_(None))
+            .with_for_update()
+        )
+    )
+    new = [result for result in results if result.image_id in fresh]
+    if new:
+        _write_images(session, new, model)
+        _advance_job(session, job_id, new, model.version)
+    _complete_if_done(session, job_id)
+    return len(new)
+
+
+def _write_images(session: Session, results: Sequence[ImageResult], model: ModelVersion) -> None:
+    now = utcnow()
+    table = cast(Table, Image.__table__)
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"), table.c.scored_at.is_(None))
+        .values(
+            probability=bindparam("b_probability"),
+            label=bindparam("b_label"),
+            threshold=bindparam("b_threshold"),
+            model_version_id=bindparam("b_model"),
+            error=bindparam("b_error"),
+            scored_at=bindparam("b_scored_at"),
+        )
+    )
+    # One statement, executed for the whole batch.
+    session.connection().execute(
+        statement,
+        [
+            {
+                "b_id": r.image_id,
+                "b_probability": r.probability,
+                "b_label": _label(r.probability, model.threshold),
+                "b_threshold": model.threshold if r.probability is not None else None,
+                "b_model": model.id if r.probability is not None else None,
+                "b_error": r.error,
+                "b_scored_at": now,
+            }
+            for r in results
+        ],
+    )
+
+
+def _label(probability: float | None, threshold: float) -> str | None:
+    if probability is None:
+        return None
+    return PNEUMONIA if probability >= threshold else NORMAL
+
+
+def _advance_job(
+    session: Session, job_id: str, results: Sequence[ImageResult], version: str
+) -> None:
+    errors = sum(1 for r in results if r.error is not None)
+    # The arithmetic happens in the database, so concurrent batches never lose an update.
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            scored=Job.scored + (len(results) - errors),
+            errors=Job.errors + errors,
+            updated_at=utcnow(),
+        )
+    )
+    if errors == len(results):
+        return
+    # The row is locked by the update above, so this read-modify-write cannot interleave.
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is not None and version not in job.model_versions:
+        job.model_versions = [*job.model_versions, version]
+
+
+def _complete_if_done(session: Session, job_id: str) -> None:
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.RUNNING,
+            Job.total.is_not(None),
+            Job.scored + Job.errors >= Job.total,
+        )
+        .values(status=JobStatus.COMPLETED, finished_at=now, updated_at=now, status_detail=None)
+    )
+
+
+def _results_query(job_id: str):  # type: ignore[no-untyped-def]
+    return (
+        select(
+            Image.id,
+            Image.relative_path,
+            Image.probability,
+            Image.label,
+            Image.threshold,
+            ModelVersion.version,
+            Image.error,
+            Image.scored_at,
+        )
+        .outerjoin(ModelVersion, Image.model_version_id == ModelVersion.id)
+        .where(Image.job_id == job_id)
+        .order_by(Image.id)
+    )
+
+
+def results_page(session: Session, job_id: str, page: int, per_page: int) -> Page:
+    job = get_job(session, job_id)
+    rows = session.execute(_results_query(job_id).offset((page - 1) * per_page).limit(per_page))
+    return Page([ResultRow(*row) for row in rows], job.total or 0, page, per_page)
+
+
+def iter_results(session: Session, job_id: str, chunk: int = 1000) -> Iterator[ResultRow]:
+    """All results of a job, streamed from the database in chunks."""
+    get_job(session, job_id)
+    for row in session.execute(_results_query(job_id).execution_options(yield_per=chunk)):
+        yield ResultRow(*row)

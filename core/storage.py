@@ -1,0 +1,48 @@
+"""Where files live under the storage directory, and the hashing used for them."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+HASH_CHUNK = 1024 * 1024
+
+
+class Storage:
+    """Paths of uploads, expanded archives and model artifacts below one root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / "uploads" / job_id
+
+    def job_files_dir(self, job_id: str) -> Path:
+        """Where a job's images are written, under generated names (never the member names)."""
+        return self.job_dir(job_id) / "files"
+
+    def model_dir(self, version: str) -> Path:
+        return self.root / "models" / version
+
+    def relative(self, path: Path) -> str:
+        """`path` relative to the root when inside it, else absolute (import-volume files)."""
+        try:
+            return str(path.resolve().relative_to(self.root))
+        except ValueError:
+            return str(path.resolve())
+
+    def resolve(self, location: str) -> Path:
+        """The inverse of `relative`."""
+        return self.root / location
+
+    def remove_job(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Model builders, training and evaluation; imports TensorFlow."""

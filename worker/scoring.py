@@ -1,0 +1,185 @@
+"""Scoring a batch: the active model cached per process, parallel decoding, one forward pass.
+
+TensorFlow is imported here only inside functions, on first use in a worker child process:
+a model loaded before fork hangs the child, and loading in `worker_process_init` gets the
+child killed by Celery's start-up timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.config import Settings
+from core.imaging import ImageDecodeError, load_model_input
+from core.jobs import park_job_for_model
+from core.models import ModelVersion
+from core.registry import active_version
+from core.results import ImageResult, ImageToScore, images_to_score, record_results
+from core.storage import Storage, sha256_of
+from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The active model's artifact is missing, altered or not a usable classifier."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    version_id: int
+    input_size: int
+    network: Any  # a keras.Model
+
+
+class ActiveModelCache:
+    """Holds the one model this process scores with; swaps it when the active version changes."""
+
+    def __init__(self, settings: Settings, storage: Storage) -> None:
+        self.settings = settings
+        self.storage = storage
+        self._lock = threading.Lock()
+        self._loaded: LoadedModel | None = None
+        self.loads = 0
+
+    def get(self, version: ModelVersion) -> LoadedModel:
+        with self._lock:
+            if self._loaded is None or self._loaded.version_id != version.id:
+                # Load the new model first, then drop the old one.
+                self._loaded = self._load(version)
+            return self._loaded
+
+    def _load(self, version: ModelVersion) -> LoadedModel:
+        path = self.storage.resolve(version.artifact_path)
+        log.info("loading model version %s from %s", version.version, path)
+        started = time.monotonic()
+        if not path.is_file():
+            raise ModelLoadError(f"artifact of model version {version.version} is missing: {path}")
+        if sha256_of(path) != version.sha256:
+            raise ModelLoadError(f"artifact of model version {version.version} fails its sha256")
+        keras = _import_keras(self.settings)
+        network = keras.models.load_model(path, compile=False)
+        _check_classifier(network, version)
+        self.loads += 1
+        log.info("loaded model version %s in %.1f s", version.version, time.monotonic() - started)
+        return LoadedModel(version.version, version.id, version.input_size, network)
+
+
+def _import_keras(settings: Settings) -> Any:
+    import tensorflow as tf
+
+    try:
+        if settings.tf_intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(settings.tf_intra_op_threads)
+        if settings.tf_inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(settings.tf_inter_op_threads)
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:
+        log.debug("TensorFlow was already initialised; thread settings unchanged")
+    import keras
+
+    return keras
+
+
+def _check_classifier(network: Any, version: ModelVersion) -> None:
+    expected_in = (None, version.input_size, version.input_size, 3)
+    if tuple(network.input_shape) != expected_in or tuple(network.output_shape) != (None, 1):
+        raise ModelLoadError(
+            f"model version {version.version} maps {network.input_shape} to "
+            f"{network.output_shape}; expected {expected_in} to (None, 1)"
+        )
+
+
+def score_images(context: WorkerContext, job_id: str, image_ids: Sequence[int]) -> int:
+    """Score the images of one batch that still need it; returns how many results were new."""
+    with context.db.session() as session:
+        todo = images_to_score(session, job_id, image_ids)
+        model = active_version(session) if todo else None
+        if todo and model is None:
+            park_job_for_model(session, job_id)
+    if not todo or model is None:
+        log.info("job %s batch of %d: nothing to score", job_id, len(image_ids))
+        return 0
+    try:
+        loaded = context.models.get(model)
+    except ModelLoadError as exc:
+        log.error("job %s parked: %s", job_id, exc)
+        with context.db.session() as session:
+            park_job_for_model(
+                session,
+                job_id,
+                f"the active model cannot be used ({exc}); activate another version",
+            )
+        return 0
+    results = predict_images(loaded, todo, context.storage, context.decode_pool, context.settings)
+    with context.db.session() as session:
+        new = record_results(session, job_id, results, model)
+    log.info(
+        "job %s batch of %d: %d new results, %d already recorded",
+        job_id,
+        len(image_ids),
+        new,
+        len(results) - new,
+    )
+    return new
+
+
+def predict_images(
+    loaded: LoadedModel,
+    images: Sequence[ImageToScore],
+    storage: Storage,
+    pool: ThreadPoolExecutor,
+    settings: Settings,
+) -> list[ImageResult]:
+    """Decode in parallel, run the forward pass; an unreadable image becomes an error result."""
+    size = loaded.input_size
+
+    def decode(image: ImageToScore) -> np.ndarray | str:
+        try:
+            return load_model_input(
+                storage.resolve(image.location), size, settings.max_image_pixels
+            )
+        except ImageDecodeError as exc:
+            return str(exc)
+
+    decoded = list(pool.map(decode, images))
+    ok = [i for i, item in enumerate(decoded) if isinstance(item, np.ndarray)]
+    probabilities: dict[int, float] = {}
+    if ok:
+        stacked = np.stack([decoded[i] for i in ok]).astype(np.float32)
+        for index, probability in zip(
+            ok, predict_padded(loaded.network, stacked, settings.batch_size), strict=True
+        ):
+            probabilities[index] = float(probability)
+    return [
+        ImageResult(image.image_id, probabilities[i], None)
+        if i in probabilities
+        else ImageResult(image.image_id, None, str(decoded[i]))
+        for i, image in enumerate(images)
+    ]
+
+
+def predict_padded(network: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Probabilities for `inputs`, always calling the model with one fixed batch shape.
+
+    Every new input shape makes TensorFlow trace the graph again (seconds each), so a short
+    last batch is padded with zeros and the padding's outputs are dropped.
+    """
+    outputs = []
+    for start in range(0, len(inputs), batch_size):
+        part = inputs[start : start + batch_size]
+        padded = np.zeros((batch_size, *inputs.shape[1:]), dtype=np.float32)
+        padded[: len(part)] = part
+        predicted = np.asarray(network.predict_on_batch(padded), dtype=np.float64)
+        outputs.append(predicted[: len(part), 0])
+    return np.concatenate(outputs) if outputs else np.zeros(0)

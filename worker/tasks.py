@@ -1,0 +1,62 @@
+"""Thin Celery tasks: load ids, call one plain function, enqueue what follows.
+
+Importing this module never imports TensorFlow; the API imports it to enqueue.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task, shared_task
+
+from core import ingest
+from core.jobs import claim_waiting_jobs, pending_image_batches
+from worker.celery_app import context_of
+from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(bind=True)
+def ingest_job(self: Task, job_id: str) -> None:
+    """Expand a job's upload into image rows, then release its scoring batches."""
+    context = context_of(self.app)
+    outcome = ingest.ingest_job(context.db, context.storage, context.settings, job_id)
+    log.info("job %s ingested: %d images", job_id, outcome.total)
+    if outcome.ready_to_score:
+        enqueue_scoring(context, job_id)
+    else:
+        # A model may have been activated while this job was being parked: look again.
+        release_waiting(context)
+
+
+@shared_task(bind=True)
+def score_batch(self: Task, job_id: str, image_ids: list[int]) -> None:
+    """Score one model batch of a job's images and record the results."""
+    from worker.scoring import score_images
+
+    score_images(context_of(self.app), job_id, image_ids)
+
+
+@shared_task(bind=True)
+def release_waiting_jobs(self: Task) -> None:
+    """Start the jobs that were waiting for a model, once one is active (also run by beat)."""
+    release_waiting(context_of(self.app))
+
+
+def release_waiting(context: WorkerContext) -> list[str]:
+    with context.db.session() as session:
+        claimed = claim_waiting_jobs(session)
+    for job_id in claimed:
+        log.info("job %s released: a model is active", job_id)
+        enqueue_scoring(context, job_id)
+    return claimed
+
+
+def enqueue_scoring(context: WorkerContext, job_id: str) -> int:
+    """One score_batch task per model batch of the job's unscored images."""
+    with context.db.session() as session:
+        batches = pending_image_batches(session, job_id, context.settings.batch_size)
+    for image_ids in batches:
+        score_batch.delay(job_id, image_ids)
+    return len(batches)
