@@ -22,7 +22,7 @@ RATIO_GRACE_BYTES = 1024 * 1024
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 
 
-class ArchiveError(ValueError):
+class ArchiveError(Exception):
     """The whole archive is refused; the message says why."""
 
 

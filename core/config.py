@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     home: Path = Field(Path("var"), description="Root of the embedded defaults.")
     database_url: str = Field("", description="SQLAlchemy URL; default SQLite under home.")
     broker_url: str = Field("", description="Celery broker; default filesystem:// under home.")
+    broker_prefix: str = Field("", description="Key prefix on a shared Redis broker.")
+    broker_visibility_timeout: int = Field(
+        43_200, ge=60, description="Seconds before Redis redelivers an unacknowledged task."
+    )
     storage_dir: Path = Field(
         Path(), description="Uploads and model artifacts; default home/storage."
     )

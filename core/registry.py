@@ -71,9 +71,7 @@ def import_model(
         raise RegistryError("the threshold must lie strictly between 0 and 1")
     input_size = read_input_size(source)
     digest = sha256_of(source)
-    version = f"{utcnow():%Y%m%d-%H%M%S}-{digest[:8]}"
-    if session.scalar(select(ModelVersion.id).where(ModelVersion.version == version)):
-        raise RegistryError(f"version {version} is already registered")
+    version = _new_version_name(session, digest)
     target = storage.model_dir(version) / MODEL_FILENAME
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
@@ -93,6 +91,19 @@ def import_model(
     session.add(row)
     session.flush()
     return row
+
+
+def _new_version_name(session: Session, digest: str) -> str:
+    """`<UTC timestamp>-<sha256 prefix>`, with a counter when the same file comes twice a second."""
+    base = f"{utcnow():%Y%m%d-%H%M%S}-{digest[:8]}"
+    taken = set(
+        session.scalars(select(ModelVersion.version).where(ModelVersion.version.startswith(base)))
+    )
+    version, n = base, 1
+    while version in taken:
+        n += 1
+        version = f"{base}-{n}"
+    return version
 
 
 def activate(session: Session, version: str) -> ModelVersion:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from core.config import Settings
 from worker.context import WorkerContext
@@ -41,7 +41,11 @@ def create_celery(settings: Settings) -> PneumoscanCelery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=[Queue(INGEST_QUEUE), Queue(SCORING_QUEUE), Queue(TRAINING_QUEUE)],
+        # Each queue its own exchange and key, or one message would land in all three.
+        task_queues=[
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (INGEST_QUEUE, SCORING_QUEUE, TRAINING_QUEUE)
+        ],
         task_default_queue=SCORING_QUEUE,
         task_routes=TASK_ROUTES,
         worker_send_task_events=False,
@@ -65,6 +69,12 @@ def context_of(app: Celery) -> WorkerContext:
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # Longer than the longest task, or Redis hands a running task to a second worker.
+        options: dict[str, Any] = {"visibility_timeout": settings.broker_visibility_timeout}
+        if settings.broker_prefix:
+            options["global_keyprefix"] = settings.broker_prefix
+        return options
     if not settings.uses_embedded_broker:
         return {}
     queue_dir = settings.broker_dir / "queue"

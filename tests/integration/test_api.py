@@ -1,0 +1,218 @@
+"""The HTTP API on the embedded defaults: validation, errors as JSON, the OpenAPI document."""
+
+import io
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from api import create_app
+from core.config import Settings, load_settings
+from core.db import Database
+from core.ingest import ingest_job
+from core.migrate import upgrade
+from core.models import Image, RejectedEntry
+from core.storage import Storage
+from tests.images import jpeg_bytes
+from tests.support import REPO, zip_bytes
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[FlaskClient]:
+    app = create_app(settings)
+    yield app.test_client()
+    app.extensions["pneumoscan"].db.dispose()
+
+
+def error_of(response) -> dict:  # type: ignore[no-untyped-def]
+    body = response.get_json()
+    assert set(body) == {"error"}, body
+    assert {"code", "message"} <= set(body["error"])
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def test_archive_upload_is_queued_with_a_location(client: FlaskClient, settings: Settings) -> None:
+    archive = zip_bytes([("a/1.jpeg", jpeg_bytes())])
+    response = client.post("/v1/jobs", data={"archive": (io.BytesIO(archive), "s.zip")})
+    assert response.status_code == 202
+    job = response.get_json()
+    assert job["status"] == "queued"
+    assert job["total"] is None
+    assert job["progress"] == 0
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert (
+        Storage(settings.storage_dir).job_dir(job["id"]) / "archive.zip"
+    ).read_bytes() == archive
+    assert client.get(response.headers["Location"]).get_json()["id"] == job["id"]
+
+
+def test_multi_file_upload_keeps_relative_paths(client: FlaskClient, settings: Settings) -> None:
+    files = [
+        (io.BytesIO(jpeg_bytes()), "study-1/frontal.jpeg"),
+        (io.BytesIO(jpeg_bytes()), "study-2/frontal.jpeg"),
+        (io.BytesIO(b"notes"), "study-2/notes.txt"),
+    ]
+    response = client.post("/v1/jobs", data={"images": files})
+    assert response.status_code == 202, response.get_json()
+    job_id = response.get_json()["id"]
+    db = Database(settings.database_url)
+    ingest_job(db, Storage(settings.storage_dir), settings, job_id)
+    with db.session() as session:
+        paths = session.scalars(select(Image.relative_path).order_by(Image.id)).all()
+        rejected = session.scalars(select(RejectedEntry.path)).all()
+    assert paths == ["study-1/frontal.jpeg", "study-2/frontal.jpeg"]
+    assert rejected == ["study-2/notes.txt"]
+
+
+def test_folder_inside_an_import_root_is_accepted(client: FlaskClient, settings: Settings) -> None:
+    study = settings.import_roots[0] / "study"
+    study.mkdir()
+    (study / "1.jpeg").write_bytes(jpeg_bytes())
+    response = client.post("/v1/jobs", json={"folder": str(study)})
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["source_kind"] == "folder"
+
+
+@pytest.mark.parametrize("where", ["outside", "escaping link", "dot-dot"])
+def test_folder_outside_the_import_roots_is_refused(
+    client: FlaskClient, settings: Settings, tmp_path: Path, where: str
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    root = settings.import_roots[0]
+    folder = {
+        "outside": outside,
+        "escaping link": root / "link",
+        "dot-dot": root / ".." / "elsewhere",
+    }[where]
+    if where == "escaping link":
+        folder.symlink_to(outside)
+    response = client.post("/v1/jobs", json={"folder": str(folder)})
+    assert response.status_code == 403
+    assert error_of(response)["code"] == "folder_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"data": "{not json", "content_type": "application/json"}, 400, "bad_request"),
+        ({"json": {"path": "/x"}}, 400, "validation_error"),
+        ({"json": ["folder"]}, 400, "validation_error"),
+        ({"data": "folder=/x", "content_type": "text/plain"}, 415, "unsupported_media_type"),
+        ({"data": {"other": "x"}, "content_type": "multipart/form-data"}, 400, "validation_error"),
+        ({}, 415, "unsupported_media_type"),
+        ({"data": {"archive": (io.BytesIO(b"plain text"), "s.zip")}}, 400, "invalid_upload"),
+        ({"data": {"images": [(io.BytesIO(b"x"), "../../etc/passwd")]}}, 400, "invalid_upload"),
+    ],
+)
+def test_bad_submissions_get_a_json_error(
+    client: FlaskClient, settings: Settings, kwargs: dict, status: int, code: str
+) -> None:
+    response = client.post("/v1/jobs", **kwargs)
+    assert response.status_code == status
+    assert error_of(response)["code"] == code
+    uploads = Storage(settings.storage_dir).root / "uploads"
+    leftovers = [p for p in uploads.glob("*") if p.name != ".incoming"] if uploads.exists() else []
+    assert leftovers == []  # nothing half-stored
+
+
+def test_upload_over_the_limit_is_refused_with_413(tmp_path: Path) -> None:
+    small = load_settings(home=tmp_path / "var", max_upload_mb=1)
+    upgrade(small.database_url)
+    client = create_app(small).test_client()
+    archive = zip_bytes([("big.bin", bytes(2 * 1024 * 1024))])
+    response = client.post("/v1/jobs", data={"archive": (io.BytesIO(archive), "s.zip")})
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("url", "status"),
+    [
+        ("/v1/jobs/nope", 404),
+        ("/v1/jobs/nope/results", 404),
+        ("/v1/jobs/nope/results?format=csv", 404),
+        ("/v1/jobs?page=0", 400),
+        ("/v1/jobs?per_page=abc", 400),
+        ("/v1/jobs?status=sleeping", 400),
+        ("/v1/no-such-endpoint", 404),
+    ],
+)
+def test_unknown_ids_and_bad_parameters_get_json_errors(
+    client: FlaskClient, url: str, status: int
+) -> None:
+    response = client.get(url)
+    assert response.status_code == status
+    error_of(response)
+
+
+def test_cancel_stops_a_job_once(client: FlaskClient) -> None:
+    archive = zip_bytes([("1.jpeg", jpeg_bytes())])
+    job_id = client.post("/v1/jobs", data={"archive": (io.BytesIO(archive), "s.zip")}).get_json()[
+        "id"
+    ]
+    first = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert first.status_code == 200
+    assert first.get_json()["status"] == "cancelled"
+    second = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert second.status_code == 409
+    assert error_of(second)["code"] == "job_finished"
+
+
+def test_jobs_list_is_paged_newest_first(client: FlaskClient) -> None:
+    ids = [
+        client.post(
+            "/v1/jobs",
+            data={"archive": (io.BytesIO(zip_bytes([("1.jpeg", jpeg_bytes())])), "s.zip")},
+        ).get_json()["id"]
+        for _ in range(3)
+    ]
+    page = client.get("/v1/jobs?per_page=2").get_json()
+    assert page["pagination"] == {"page": 1, "per_page": 2, "total": 3, "pages": 2}
+    assert [job["id"] for job in page["items"]] == ids[::-1][:2]
+
+
+def test_openapi_document_describes_both_submission_bodies(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").get_json()
+    body = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}
+    upload = spec["components"]["schemas"]["UploadJobIn"]["properties"]
+    assert upload["archive"]["format"] == "binary"
+    assert spec["components"]["schemas"]["FolderJobIn"]["required"] == ["folder"]
+    assert "/v1/jobs/{job_id}/results" in spec["paths"]
+
+
+def test_health_and_readiness(client: FlaskClient) -> None:
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert {check["name"]: check["ok"] for check in ready.get_json()["checks"]} == {
+        "database": True,
+        "broker": True,
+    }
+
+
+def test_readiness_reports_an_unreachable_database(tmp_path: Path) -> None:
+    broken = load_settings(
+        home=tmp_path / "var", database_url="postgresql+psycopg://nobody@127.0.0.1:1/none"
+    )
+    response = create_app(broken).test_client().get("/readyz")
+    assert response.status_code == 503
+    checks = {check["name"]: check for check in response.get_json()["checks"]}
+    assert not checks["database"]["ok"]
+    assert checks["broker"]["ok"]
+
+
+def test_importing_the_api_and_tasks_does_not_import_tensorflow(tmp_path: Path) -> None:
+    code = (
+        "import sys; from api import create_app; import worker.tasks;"
+        f"from core.config import load_settings; create_app(load_settings(home={str(tmp_path)!r}));"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')];"
+        "print(loaded); sys.exit(1 if loaded else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,82 @@
+"""A running pneumoscan: the API in this process, a real worker process, one database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from api import create_app
+from core import registry
+from core.config import Settings
+from core.db import Database
+from core.storage import Storage
+from tests.support import WorkerProcess, wait_for
+from worker.tasks import release_waiting_jobs
+
+FINISHED = ("completed", "failed", "cancelled")
+
+
+class Stack:
+    def __init__(self, settings: Settings, tmp_path: Path) -> None:
+        self.settings = settings
+        self.tmp_path = tmp_path
+        self.app = create_app(settings)
+        self.client = self.app.test_client()
+        self.db = Database(settings.database_url)
+        self.worker: WorkerProcess | None = None
+
+    def start_worker(self) -> WorkerProcess:
+        self.worker = WorkerProcess(self.settings, self.tmp_path / "worker.log")
+        return self.worker
+
+    def import_model(self, path: Path, activate: bool = True) -> str:
+        with self.db.session() as session:
+            row = registry.import_model(session, Storage(self.settings.storage_dir), path)
+            if activate:
+                registry.activate(session, row.version)
+            version = row.version
+        if activate:
+            # What `pneumoscan models import --activate` does after its commit.
+            self.app.extensions["pneumoscan"].celery.tasks[release_waiting_jobs.name].delay()
+        return version
+
+    def submit_zip(self, data: bytes, name: str = "study.zip") -> dict[str, Any]:
+        import io
+
+        response = self.client.post(
+            "/v1/jobs",
+            data={"archive": (io.BytesIO(data), name)},
+            content_type="multipart/form-data",
+        )
+        assert response.status_code == 202, response.get_json()
+        body: dict[str, Any] = response.get_json()
+        return body
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = self.client.get(f"/v1/jobs/{job_id}").get_json()
+        return body
+
+    def wait_finished(self, job_id: str, timeout: float = 180) -> dict[str, Any]:
+        def finished() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            return job if job["status"] in FINISHED else None
+
+        try:
+            result: dict[str, Any] = wait_for(finished, timeout, f"job {job_id}", interval=0.3)
+        except TimeoutError:
+            log = self.worker.log()[-4000:] if self.worker else "(no worker)"
+            raise AssertionError(
+                f"job {job_id} stuck at {self.job(job_id)}\nworker log:\n{log}"
+            ) from None
+        return result
+
+    def results(self, job_id: str) -> list[dict[str, Any]]:
+        body = self.client.get(f"/v1/jobs/{job_id}/results?per_page=5000").get_json()
+        items: list[dict[str, Any]] = body["items"]
+        return items
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        self.db.dispose()
+        self.app.extensions["pneumoscan"].db.dispose()

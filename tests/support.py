@@ -1,0 +1,94 @@
+"""Helpers the tests share: data location, settings as environment, a worker process, polling."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from core.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path | None:
+    """PNEUMOSCAN_TEST_DATA, else ../shared/data next to the repository, when it exists."""
+    configured = os.environ.get("PNEUMOSCAN_TEST_DATA")
+    path = Path(configured) if configured else REPO.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The PNEUMOSCAN_* environment that reproduces `settings` in another process."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PNEUMOSCAN_")}
+    for name, value in settings.model_dump().items():
+        if isinstance(value, list):
+            value = os.pathsep.join(str(item) for item in value)
+        env[f"PNEUMOSCAN_{name.upper()}"] = str(value)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+class WorkerProcess:
+    """A real `pneumoscan worker` subprocess with its log in a file."""
+
+    def __init__(self, settings: Settings, log_path: Path, queues: str = "ingest,scoring") -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "worker", "--queues", queues, "--concurrency", "1"],
+            env=settings_env(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        wait_for(
+            lambda: " ready." in self.log() or self.process.poll() is not None, 60, "worker ready"
+        )
+        if self.process.poll() is not None:
+            raise RuntimeError(f"worker exited at start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def zip_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:
+        for name, data in members:
+            bundle.writestr(name, data)
+    return buffer.getvalue()
+
+
+def zip_folder_bytes(folder: Path) -> bytes:
+    return zip_bytes(
+        (path.relative_to(folder).as_posix(), path.read_bytes())
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    )

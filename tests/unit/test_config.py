@@ -1,0 +1,34 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from core.config import Settings
+
+
+def test_embedded_defaults_live_under_home(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "var")
+    assert settings.database_url == f"sqlite:///{tmp_path / 'var' / 'pneumoscan.db'}"
+    assert settings.broker_url == "filesystem://"
+    assert settings.storage_dir == tmp_path / "var" / "storage"
+    assert settings.uses_embedded_broker
+    assert settings.batch_size == 64
+
+
+def test_environment_switches_to_postgresql_and_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PNEUMOSCAN_DATABASE_URL", "postgresql+psycopg://db/pneumoscan")
+    monkeypatch.setenv("PNEUMOSCAN_BROKER_URL", "redis://cache:6379/0")
+    monkeypatch.setenv("PNEUMOSCAN_IMPORT_ROOTS", "/mnt/import:/srv/studies")
+    settings = Settings()
+    assert settings.database_url == "postgresql+psycopg://db/pneumoscan"
+    assert not settings.uses_embedded_broker
+    assert settings.import_roots == [Path("/mnt/import"), Path("/srv/studies")]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("broker_url", "kafka://x"), ("database_url", "not a url"), ("batch_size", 0)],
+)
+def test_invalid_settings_are_refused_at_start(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: value})
