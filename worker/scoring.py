@@ -108,7 +108,11 @@ def score_images(context: WorkerContext, job_id: str, image_ids: Sequence[int]) 
         if todo and model is None:
             park_job_for_model(session, job_id)
     if not todo or model is None:
-        log.info("job %s batch of %d: nothing to score", job_id, len(image_ids))
+        log.info(
+            "job %s batch of %d: nothing to score (already recorded, or the job stopped)",
+            job_id,
+            len(image_ids),
+        )
         return 0
     try:
         loaded = context.models.get(model)

@@ -1,0 +1,90 @@
+"""The job flow through a real Celery worker process, on SQLite + filesystem broker and on
+PostgreSQL + Redis: archive in, batched scoring, one result per image in SQL."""
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from core.models import Image
+from tests.images import jpeg_bytes, png_bytes, truncated_jpeg
+from tests.stack import Stack
+from tests.support import wait_for, zip_bytes, zip_folder_bytes
+from worker.tasks import score_batch
+
+
+def test_real_xrays_are_scored_by_inception_resnet_v2_loaded_once(
+    stack: Stack, shared_data: Path, inception_model: Path
+) -> None:
+    version = stack.import_model(inception_model)
+    worker = stack.start_worker()
+    job = stack.submit_zip(zip_folder_bytes(shared_data / "origres"), "origres.zip")
+    done = stack.wait_finished(job["id"], timeout=300)
+    assert done["status"] == "completed", done
+    assert (done["total"], done["scored"], done["errors"]) == (200, 200, 0)
+    assert done["model_versions"] == [version]
+    results = stack.results(job["id"])
+    assert len({r["path"] for r in results}) == 200
+    assert {r["path"].split("/")[0] for r in results} == {"NORMAL", "PNEUMONIA"}
+    assert all(0.0 <= r["probability"] <= 1.0 for r in results)
+    assert {r["model_version"] for r in results} == {version}
+    # Four batches of at most 64, one model load in the one worker process.
+    assert worker.log().count("loading model version") == 1
+    assert worker.log().count("new results") == 4
+
+
+def test_unreadable_image_becomes_an_error_row_and_the_job_completes(
+    stack: Stack, baseline_model: Path
+) -> None:
+    stack.import_model(baseline_model)
+    stack.start_worker()
+    archive = zip_bytes(
+        [("good.jpeg", jpeg_bytes()), ("good.png", png_bytes()), ("broken.jpeg", truncated_jpeg())]
+    )
+    done = stack.wait_finished(stack.submit_zip(archive)["id"])
+    assert done["status"] == "completed"
+    assert (done["total"], done["scored"], done["errors"]) == (3, 2, 1)
+    by_path = {r["path"]: r for r in stack.results(done["id"])}
+    assert by_path["broken.jpeg"]["probability"] is None
+    assert "could not decode" in by_path["broken.jpeg"]["error"]
+    assert by_path["good.png"]["error"] is None
+    assert by_path["good.png"]["label"] in ("NORMAL", "PNEUMONIA")
+
+
+def test_job_waiting_for_a_model_starts_when_one_is_activated(
+    stack: Stack, baseline_model: Path
+) -> None:
+    stack.start_worker()
+    job_id = stack.submit_zip(zip_bytes([("a.jpeg", jpeg_bytes()), ("b.jpeg", jpeg_bytes())]))["id"]
+    waiting = wait_for(
+        lambda: (job := stack.job(job_id))["waiting_for_model"] and job,
+        60,
+        "job to wait for a model",
+    )
+    assert waiting["status"] == "queued"
+    assert "waiting for an active model" in waiting["status_detail"]
+    assert waiting["total"] == 2
+    version = stack.import_model(baseline_model)
+    done = stack.wait_finished(job_id)
+    assert done["status"] == "completed"
+    assert done["scored"] == 2
+    assert done["model_versions"] == [version]
+
+
+def test_redelivered_score_batch_does_not_duplicate_results(
+    stack: Stack, baseline_model: Path
+) -> None:
+    stack.import_model(baseline_model)
+    worker = stack.start_worker()
+    archive = zip_bytes([(f"{i}.jpeg", jpeg_bytes()) for i in range(5)])
+    job_id = stack.submit_zip(archive)["id"]
+    first = stack.wait_finished(job_id)
+    before = stack.results(job_id)
+    with stack.db.session() as session:
+        image_ids = list(session.scalars(select(Image.id).where(Image.job_id == job_id)))
+    # The same message again, as the broker would redeliver it after a lost acknowledgement.
+    stack.app.extensions["pneumoscan"].celery.tasks[score_batch.name].delay(job_id, image_ids)
+    redelivered = f"job {job_id} batch of 5: nothing to score (already recorded"
+    wait_for(lambda: redelivered in worker.log(), 60, "the redelivered batch")
+    after = stack.job(job_id)
+    assert (after["scored"], after["errors"], after["status"]) == (first["scored"], 0, "completed")
+    assert stack.results(job_id) == before
