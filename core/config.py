@@ -33,19 +33,21 @@ class Settings(BaseSettings):
         default_factory=list, description="Server folders that JSON {'folder': ...} jobs may name."
     )
     max_upload_mb: int = Field(2048, ge=1, description="Largest accepted request body.")
-    max_archive_members: int = Field(100_000, ge=1)
+    max_archive_members: int = Field(100_000, ge=1, description="Files per job, nested included.")
     max_archive_mb: int = Field(20_480, ge=1, description="Total uncompressed bytes per job.")
     max_compression_ratio: int = Field(200, ge=1, description="Uncompressed/compressed per member.")
     max_image_pixels: int = Field(
         180_000_000, ge=1, description="Pillow's decompression-bomb limit."
     )
     batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass.")
-    decode_threads: int = Field(4, ge=1, le=64)
+    decode_threads: int = Field(4, ge=1, le=64, description="Decoding threads per process.")
     tf_intra_op_threads: int = Field(1, ge=0, description="0 lets TensorFlow choose.")
-    tf_inter_op_threads: int = Field(1, ge=0)
+    tf_inter_op_threads: int = Field(1, ge=0, description="0 lets TensorFlow choose.")
     worker_concurrency: int = Field(2, ge=1, description="Scoring processes per worker.")
     broker_poll_seconds: float = Field(0.1, gt=0, description="Embedded broker polling interval.")
-    sweep_seconds: float = Field(30.0, gt=0, description="How often beat looks for stranded jobs.")
+    sweep_seconds: float = Field(
+        30.0, gt=0, description="How often beat releases jobs waiting for a model."
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     api_workers: int = Field(2, ge=1)

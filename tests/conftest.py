@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import psycopg
 import pytest
@@ -20,6 +21,14 @@ POSTGRES_URL = os.environ.get(
     "PNEUMOSCAN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("PNEUMOSCAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Set by .ci/run: there, a missing service or data folder is a failure, never a skip.
+REQUIRE_ALL = os.environ.get("PNEUMOSCAN_TEST_REQUIRE_ALL") == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    if REQUIRE_ALL:
+        pytest.fail(f"{reason} (PNEUMOSCAN_TEST_REQUIRE_ALL=1 forbids skipping)")
+    pytest.skip(reason)
 
 
 def _postgres_problem() -> str | None:
@@ -59,7 +68,7 @@ def _hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def shared_data() -> Path:
     data = shared_data_dir()
     if data is None:
-        pytest.skip("real X-rays not found: set PNEUMOSCAN_TEST_DATA or provide ../shared/data")
+        unavailable("real X-rays not found: set PNEUMOSCAN_TEST_DATA or provide ../shared/data")
     return data
 
 
@@ -67,7 +76,7 @@ def shared_data() -> Path:
 def postgres_server() -> str:
     problem = _postgres_problem()
     if problem:
-        pytest.skip(problem)
+        unavailable(problem)
     return POSTGRES_URL
 
 
@@ -87,7 +96,7 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
 def redis_url() -> str:
     problem = _redis_problem()
     if problem:
-        pytest.skip(problem)
+        unavailable(problem)
     return REDIS_URL
 
 
