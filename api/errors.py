@@ -8,21 +8,15 @@ from typing import Any
 from apiflask import APIFlask, HTTPError
 from flask.typing import ResponseReturnValue
 
-from core.jobs import (
-    FolderNotAllowedError,
-    InvalidUploadError,
-    JobError,
-    JobFinishedError,
-    JobNotFoundError,
-)
+from core.errors import ConflictError, DomainError, ForbiddenError, InvalidInputError, NotFoundError
 
 log = logging.getLogger(__name__)
 
 STATUS_OF = {
-    JobNotFoundError: 404,
-    FolderNotAllowedError: 403,
-    InvalidUploadError: 400,
-    JobFinishedError: 409,
+    NotFoundError: 404,
+    ForbiddenError: 403,
+    InvalidInputError: 400,
+    ConflictError: 409,
 }
 
 
@@ -33,10 +27,10 @@ def api_error(status: int, message: str, code: str | None = None) -> HTTPError:
 
 def init_app(app: APIFlask) -> None:
     app.error_processor(_render)
-    app.register_error_handler(JobError, _from_domain_error)
+    app.register_error_handler(DomainError, _from_domain_error)
 
 
-def _from_domain_error(error: JobError) -> ResponseReturnValue:
+def _from_domain_error(error: DomainError) -> ResponseReturnValue:
     status = next((s for cls, s in STATUS_OF.items() if isinstance(error, cls)), 400)
     return _render(api_error(status, error.message, error.code))
 

@@ -15,6 +15,7 @@ import click
 from pydantic import ValidationError
 
 from core.config import Settings, load_settings
+from core.errors import DomainError
 
 
 @click.group()
@@ -176,7 +177,7 @@ def models_import(
             if activate:
                 registry.activate(session, row.version)
             version = row.version
-    except registry.RegistryError as exc:
+    except DomainError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"imported {path} as version {version}{' (active)' if activate else ''}")
     if activate:
@@ -195,7 +196,7 @@ def models_activate(ctx: click.Context, version: str) -> None:
     try:
         with Database(settings.database_url).session() as session:
             registry.activate(session, version)
-    except registry.RegistryError as exc:
+    except DomainError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"version {version} is active")
     _release_waiting_jobs(settings)

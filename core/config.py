@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+AUGMENTATIONS = ("none", "threshold", "standard", "both")
 BROKER_SCHEMES = ("filesystem", "redis", "rediss", "amqp", "sqla+sqlite", "sqla+postgresql")
 
 
@@ -48,6 +49,29 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(
         30.0, gt=0, description="How often beat releases jobs waiting for a model."
     )
+    data_dir: Path | None = Field(
+        None, description="Reference dataset (NORMAL/, PNEUMONIA/) for retraining and first runs."
+    )
+    holdout_dir: Path | None = Field(
+        None, description="Labelled holdout for evaluation; default: 15 % of patients carved out."
+    )
+    min_sensitivity: float = Field(
+        0.95, gt=0, le=1, description="The decision threshold keeps sensitivity at least this."
+    )
+    gate_auroc_margin: float = Field(
+        0.01, ge=0, le=1, description="A candidate may trail the active model's AUROC by this."
+    )
+    retrain_cron: str = Field("0 2 * * *", description="When beat starts the nightly retraining.")
+    train_architecture: str = Field("inception_resnet_v2", description="Default architecture.")
+    train_epochs: int = Field(10, ge=1, description="Default epochs of a training run.")
+    train_batch_size: int = Field(100, ge=1, description="Images per training step.")
+    train_augment: str = Field(
+        "none", description="none, threshold (copy with pixels < 25 set to 0), standard, or both."
+    )
+    train_weights: str = Field("none", description="Backbone start: none, imagenet, or a file.")
+    keep_inactive_models: int = Field(
+        3, ge=0, description="Artifacts kept of versions that are not active."
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     api_workers: int = Field(2, ge=1)
@@ -60,6 +84,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             parts = value.replace(",", os.pathsep).split(os.pathsep)
             return [part.strip() for part in parts if part.strip()]
+        return value
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _five_cron_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError("give five cron fields: minute hour day-of-month month day-of-week")
+        return value
+
+    @field_validator("train_augment")
+    @classmethod
+    def _known_augmentation(cls, value: str) -> str:
+        if value not in AUGMENTATIONS:
+            raise ValueError(f"choose one of {', '.join(AUGMENTATIONS)}")
         return value
 
     @field_validator("database_url")
@@ -90,6 +128,10 @@ class Settings(BaseSettings):
             self.storage_dir = self.home / "storage"
         self.storage_dir = self.storage_dir.expanduser().resolve()
         self.import_roots = [root.expanduser().resolve() for root in self.import_roots]
+        if self.data_dir is not None:
+            self.data_dir = self.data_dir.expanduser().resolve()
+        if self.holdout_dir is not None:
+            self.holdout_dir = self.holdout_dir.expanduser().resolve()
         if not self.api_url:
             self.api_url = f"http://{self.api_host}:{self.api_port}"
         return self

@@ -12,6 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.archive import UnsafePathError, clean_relative_path
+from core.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from core.models import FINISHED_STATUSES, Image, Job, JobStatus, RejectedEntry, SourceKind, utcnow
 from core.registry import active_version
 from core.storage import Storage
@@ -22,29 +23,19 @@ WAITING_FOR_MODEL = (
 MANIFEST = "manifest.json"
 
 
-class JobError(Exception):
-    """A request about jobs was refused; `code` is stable, the message is for people."""
-
-    code = "bad_request"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+class JobNotFoundError(NotFoundError):
+    pass
 
 
-class JobNotFoundError(JobError):
-    code = "not_found"
-
-
-class FolderNotAllowedError(JobError):
+class FolderNotAllowedError(ForbiddenError):
     code = "folder_not_allowed"
 
 
-class InvalidUploadError(JobError):
+class InvalidUploadError(InvalidInputError):
     code = "invalid_upload"
 
 
-class JobFinishedError(JobError):
+class JobFinishedError(ConflictError):
     code = "job_finished"
 
 

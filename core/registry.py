@@ -14,14 +14,43 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from core.errors import ConflictError, InvalidInputError, NotFoundError
 from core.models import ModelStatus, ModelVersion, utcnow
 from core.storage import Storage, sha256_of
 
 MODEL_FILENAME = "model.keras"
 
 
-class RegistryError(ValueError):
-    """A model artifact or version request was refused; the message says why."""
+class RegistryError(InvalidInputError):
+    """A model artifact was refused; the message says why."""
+
+    code = "invalid_model"
+
+
+class ModelNotFoundError(NotFoundError):
+    pass
+
+
+class ArtifactDeletedError(ConflictError):
+    code = "artifact_deleted"
+
+
+class ArtifactIntegrityError(RuntimeError):
+    """A version's artifact is missing or its bytes no longer match the recorded sha256."""
+
+
+def verified_artifact(storage: Storage, version: ModelVersion) -> Path:
+    """The path of `version`'s model file, after checking it is there and unaltered."""
+    path = storage.resolve(version.artifact_path)
+    if not path.is_file():
+        raise ArtifactIntegrityError(
+            f"artifact of model version {version.version} is missing: {path}"
+        )
+    if sha256_of(path) != version.sha256:
+        raise ArtifactIntegrityError(
+            f"artifact of model version {version.version} fails its sha256"
+        )
+    return path
 
 
 def read_input_size(artifact: Path) -> int:
@@ -61,35 +90,77 @@ def import_model(
     *,
     architecture: str | None = None,
     threshold: float = 0.5,
-    metrics: dict[str, Any] | None = None,
-    origin: str = "import",
 ) -> ModelVersion:
     """Copy `source` into the registry as a new candidate version."""
     if not source.is_file():
         raise RegistryError(f"no such file: {source}")
-    if not 0.0 < threshold < 1.0:
-        raise RegistryError("the threshold must lie strictly between 0 and 1")
-    input_size = read_input_size(source)
-    digest = sha256_of(source)
+    read_input_size(source)  # refuse a file that is not a usable model before copying it
+    staging = storage.staging_dir()
+    shutil.copyfile(source, staging / MODEL_FILENAME)
+    return register_version(
+        session, storage, staging, architecture=architecture, threshold=threshold, origin="import"
+    )
+
+
+def register_version(
+    session: Session,
+    storage: Storage,
+    staging: Path,
+    *,
+    architecture: str | None,
+    threshold: float,
+    origin: str,
+    metrics: dict[str, Any] | None = None,
+    training_run_id: int | None = None,
+) -> ModelVersion:
+    """Move a staging folder holding `model.keras` (and reports) into place as a candidate."""
+    if not 0.0 <= threshold <= 1.0:
+        raise RegistryError("the threshold must lie between 0 and 1")
+    model_file = staging / MODEL_FILENAME
+    input_size = read_input_size(model_file)
+    digest = sha256_of(model_file)
     version = _new_version_name(session, digest)
-    target = storage.model_dir(version) / MODEL_FILENAME
+    target = storage.model_dir(version)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
-    shutil.copyfile(source, partial)
-    partial.replace(target)
+    staging.replace(target)
     row = ModelVersion(
         version=version,
         status=ModelStatus.CANDIDATE,
         architecture=architecture,
         source=origin,
-        artifact_path=storage.relative(target),
+        artifact_path=storage.relative(target / MODEL_FILENAME),
         sha256=digest,
         input_size=input_size,
         threshold=threshold,
         metrics=metrics,
+        training_run_id=training_run_id,
     )
     session.add(row)
     session.flush()
+    return row
+
+
+def prune_artifacts(session: Session, storage: Storage, keep: int) -> list[str]:
+    """Delete the artifacts of all but the `keep` newest inactive versions; rows stay."""
+    inactive = session.scalars(
+        select(ModelVersion)
+        .where(
+            ModelVersion.status != ModelStatus.ACTIVE, ModelVersion.artifact_deleted_at.is_(None)
+        )
+        .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
+    ).all()
+    pruned = []
+    for row in inactive[keep:]:
+        shutil.rmtree(storage.resolve(row.artifact_path).parent, ignore_errors=True)
+        row.artifact_deleted_at = utcnow()
+        pruned.append(row.version)
+    return pruned
+
+
+def get_version(session: Session, version: str) -> ModelVersion:
+    row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if row is None:
+        raise ModelNotFoundError(f"no model version {version!r}")
     return row
 
 
@@ -112,9 +183,11 @@ def activate(session: Session, version: str) -> ModelVersion:
         select(ModelVersion).where(ModelVersion.version == version).with_for_update()
     )
     if row is None:
-        raise RegistryError(f"no model version {version!r}")
+        raise ModelNotFoundError(f"no model version {version!r}")
     if row.status == ModelStatus.ACTIVE:
         return row
+    if row.artifact_deleted_at is not None:
+        raise ArtifactDeletedError(f"the artifact of version {version} was pruned; it cannot serve")
     # Retire first: the partial unique index allows only one active row at any moment.
     session.execute(
         update(ModelVersion)

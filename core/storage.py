@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import tempfile
 from pathlib import Path
 
 HASH_CHUNK = 1024 * 1024
@@ -24,6 +25,12 @@ class Storage:
 
     def model_dir(self, version: str) -> Path:
         return self.root / "models" / version
+
+    def staging_dir(self) -> Path:
+        """A new empty folder on the storage volume, to be moved into place when complete."""
+        staging = self.root / "models" / ".staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=staging))
 
     def relative(self, path: Path) -> str:
         """`path` relative to the root when inside it, else absolute (import-volume files)."""

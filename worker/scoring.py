@@ -19,18 +19,19 @@ import numpy as np
 
 from core.config import Settings
 from core.imaging import ImageDecodeError, load_model_input
+from core.inference import predict_padded
 from core.jobs import park_job_for_model
 from core.models import ModelVersion
-from core.registry import active_version
+from core.registry import ArtifactIntegrityError, active_version, verified_artifact
 from core.results import ImageResult, ImageToScore, images_to_score, record_results
-from core.storage import Storage, sha256_of
+from core.storage import Storage
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
 
 class ModelLoadError(RuntimeError):
-    """The active model's artifact is missing, altered or not a usable classifier."""
+    """The active model is not a usable classifier."""
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,12 @@ class ActiveModelCache:
             return self._loaded
 
     def _load(self, version: ModelVersion) -> LoadedModel:
-        path = self.storage.resolve(version.artifact_path)
-        log.info("loading model version %s from %s", version.version, path)
+        log.info("loading model version %s", version.version)
         started = time.monotonic()
-        if not path.is_file():
-            raise ModelLoadError(f"artifact of model version {version.version} is missing: {path}")
-        if sha256_of(path) != version.sha256:
-            raise ModelLoadError(f"artifact of model version {version.version} fails its sha256")
+        try:
+            path = verified_artifact(self.storage, version)
+        except ArtifactIntegrityError as exc:
+            raise ModelLoadError(str(exc)) from exc
         keras = _import_keras(self.settings)
         network = keras.models.load_model(path, compile=False)
         _check_classifier(network, version)
@@ -171,19 +171,3 @@ def predict_images(
         else ImageResult(image.image_id, None, str(decoded[i]))
         for i, image in enumerate(images)
     ]
-
-
-def predict_padded(network: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """Probabilities for `inputs`, always calling the model with one fixed batch shape.
-
-    Every new input shape makes TensorFlow trace the graph again (seconds each), so a short
-    last batch is padded with zeros and the padding's outputs are dropped.
-    """
-    outputs = []
-    for start in range(0, len(inputs), batch_size):
-        part = inputs[start : start + batch_size]
-        padded = np.zeros((batch_size, *inputs.shape[1:]), dtype=np.float32)
-        padded[: len(part)] = part
-        predicted = np.asarray(network.predict_on_batch(padded), dtype=np.float64)
-        outputs.append(predicted[: len(part), 0])
-    return np.concatenate(outputs) if outputs else np.zeros(0)

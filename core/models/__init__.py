@@ -10,6 +10,7 @@ from core.models.jobs import (
     SourceKind,
 )
 from core.models.model_versions import ModelStatus, ModelVersion
+from core.models.training import Label, RunStatus, TrainingRun
 
 __all__ = [
     "FINISHED_STATUSES",
@@ -17,9 +18,12 @@ __all__ = [
     "Image",
     "Job",
     "JobStatus",
+    "Label",
     "ModelStatus",
     "ModelVersion",
     "RejectedEntry",
+    "RunStatus",
     "SourceKind",
+    "TrainingRun",
     "utcnow",
 ]

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, Index, Integer, String, Text, text
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.models.base import Base, UTCDateTime, utcnow
@@ -42,5 +42,10 @@ class ModelVersion(Base):
     input_size: Mapped[int] = mapped_column(Integer)
     threshold: Mapped[float] = mapped_column(Float, default=0.5)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    training_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("training_runs.id", ondelete="SET NULL")
+    )
+    # Set when the artifact was pruned (keep_inactive_models); the row stays for the record.
+    artifact_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,188 @@
+"""Training runs as records: requesting one (one at a time), progress, the nightly skip."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.config import AUGMENTATIONS, Settings
+from core.errors import ConflictError, InvalidInputError, NotFoundError
+from core.jobs import Page
+from core.labels import newest_label_time
+from core.models import ModelVersion, RunStatus, TrainingRun, utcnow
+
+ACTIVATION_POLICIES = ("if-better", "always", "never")
+ARCHITECTURES = ("inception_resnet_v2", "baseline_cnn")
+
+
+class TrainingBusyError(ConflictError):
+    code = "training_in_progress"
+
+
+@dataclass(frozen=True)
+class TrainingParams:
+    """What a run trains on and how; stored with the run."""
+
+    data_dir: str
+    architecture: str
+    epochs: int
+    batch_size: int
+    augment: str
+    activate: str
+    weights: str
+    force: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> TrainingParams:
+        values: dict[str, Any] = {
+            "data_dir": str(settings.data_dir) if settings.data_dir else "",
+            "architecture": settings.train_architecture,
+            "epochs": settings.train_epochs,
+            "batch_size": settings.train_batch_size,
+            "augment": settings.train_augment,
+            "activate": "if-better",
+            "weights": settings.train_weights,
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        params = cls(**values)
+        params.validate()
+        return params
+
+    def validate(self) -> None:
+        if not self.data_dir:
+            raise InvalidInputError("no reference data: set PNEUMOSCAN_DATA_DIR or pass --data")
+        if self.architecture not in ARCHITECTURES:
+            raise InvalidInputError(f"architecture must be one of {', '.join(ARCHITECTURES)}")
+        if self.augment not in AUGMENTATIONS:
+            raise InvalidInputError(f"augment must be one of {', '.join(AUGMENTATIONS)}")
+        if self.activate not in ACTIVATION_POLICIES:
+            raise InvalidInputError(f"activate must be one of {', '.join(ACTIVATION_POLICIES)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InvalidInputError("epochs and batch size must be at least 1")
+
+
+def request_run(
+    session: Session, params: TrainingParams, trigger: str, trigger_key: str | None = None
+) -> tuple[TrainingRun, bool]:
+    """Create a queued run, or find the one made for `trigger_key`; (run, created).
+
+    Refused while another run is queued or running.
+    """
+    if trigger_key is not None:
+        existing = session.scalar(select(TrainingRun).where(TrainingRun.trigger_key == trigger_key))
+        if existing is not None:
+            return existing, False
+    run = TrainingRun(
+        trigger=trigger, trigger_key=trigger_key, params=asdict(params), epochs=params.epochs
+    )
+    try:
+        with session.begin_nested():
+            session.add(run)
+    except IntegrityError as exc:
+        if trigger_key is not None:
+            same = session.scalar(select(TrainingRun).where(TrainingRun.trigger_key == trigger_key))
+            if same is not None:
+                return same, False  # the other scheduler's firing won
+        busy = session.scalar(select(TrainingRun.id).where(TrainingRun.in_progress.is_(True)))
+        raise TrainingBusyError(f"training run {busy} is already queued or running") from exc
+    return run, True
+
+
+def request_scheduled_run(
+    session: Session, params: TrainingParams, trigger_key: str
+) -> tuple[TrainingRun, bool]:
+    """The nightly trigger: a run when labels arrived since the last one, else a skipped record.
+
+    Returns (run, created); only the call that created a queued run should enqueue it.
+    """
+    last = session.scalar(
+        select(TrainingRun)
+        .where(TrainingRun.status == RunStatus.COMPLETED)
+        .order_by(TrainingRun.id.desc())
+        .limit(1)
+    )
+    newest = newest_label_time(session)
+    if last is not None and not params.force:
+        seen = last.labels_until
+        if newest is None or (seen is not None and newest <= seen):
+            reason = f"no confirmed labels since run {last.id}"
+            return _record_skip(session, params, trigger_key, reason), False
+    try:
+        return request_run(session, params, "schedule", trigger_key)
+    except TrainingBusyError as exc:
+        return _record_skip(session, params, trigger_key, exc.message), False
+
+
+def _record_skip(
+    session: Session, params: TrainingParams, trigger_key: str, reason: str
+) -> TrainingRun:
+    run = TrainingRun(
+        trigger="schedule",
+        trigger_key=trigger_key,
+        params=asdict(params),
+        epochs=params.epochs,
+        status=RunStatus.SKIPPED,
+        in_progress=None,
+        decision=reason,
+        finished_at=utcnow(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(run)
+    except IntegrityError:
+        same = session.scalar(select(TrainingRun).where(TrainingRun.trigger_key == trigger_key))
+        if same is None:
+            raise
+        return same
+    return run
+
+
+def start_run(session: Session, run_id: int) -> TrainingRun | None:
+    """Mark a run running; None when it already finished (a late redelivery)."""
+    run = session.get(TrainingRun, run_id, with_for_update=True)
+    if run is None or run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+        return None
+    # RUNNING here means its worker died mid-run and the broker redelivered it: start over.
+    run.status, run.started_at, run.epoch, run.history = RunStatus.RUNNING, utcnow(), 0, []
+    return run
+
+
+def record_epoch(session: Session, run_id: int, epoch: int, logs: dict[str, float]) -> None:
+    run = session.get(TrainingRun, run_id, with_for_update=True)
+    if run is not None:
+        run.epoch = epoch
+        run.history = [*run.history, {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}]
+
+
+def finish_run(session: Session, run_id: int, status: RunStatus, **fields: Any) -> None:
+    session.execute(
+        update(TrainingRun)
+        .where(TrainingRun.id == run_id)
+        .values(status=status, in_progress=None, finished_at=utcnow(), **fields)
+    )
+
+
+def get_run(session: Session, run_id: int) -> TrainingRun:
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise NotFoundError(f"no training run {run_id}")
+    return run
+
+
+def list_runs(session: Session, page: int, per_page: int) -> Page:
+    total = session.scalar(select(func.count()).select_from(TrainingRun)) or 0
+    rows = session.scalars(
+        select(TrainingRun)
+        .order_by(TrainingRun.id.desc())
+        .offset((page - 1) * per_page)
+        .limit(per_page)
+    )
+    return Page(list(rows), total, page, per_page)
+
+
+def version_of_run(session: Session, run_id: int) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.training_run_id == run_id))
