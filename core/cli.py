@@ -237,6 +237,130 @@ def models_new(architecture: str, input_size: int, out: Path) -> None:
     click.echo(f"saved an untrained {architecture} to {out}")
 
 
+@main.command()
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Reference folder with NORMAL/ and PNEUMONIA/. Default: PNEUMOSCAN_DATA_DIR.",
+)
+@click.option("--architecture", type=click.Choice(["inception_resnet_v2", "baseline_cnn"]))
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--augment", type=click.Choice(["none", "threshold", "standard", "both"]))
+@click.option("--weights", help="none, imagenet, or a weights file for the backbone.")
+@click.option(
+    "--activate",
+    type=click.Choice(["if-better", "always", "never"]),
+    default="if-better",
+    show_default=True,
+)
+@click.pass_context
+def train(ctx: click.Context, data: Path | None, activate: str, **options: Any) -> None:
+    """Train a model (the same code path as the training task) and register it."""
+    from core.db import Database
+    from core.storage import Storage
+    from core.training_runs import TrainingParams, request_run
+    from training.train import run_training
+
+    settings = _settings(ctx)
+    try:
+        params = TrainingParams.from_settings(
+            settings, data_dir=str(data.resolve()) if data else None, activate=activate, **options
+        )
+        database = Database(settings.database_url)
+        with database.session() as session:
+            run, _ = request_run(session, params, "cli")
+            run_id = run.id
+    except DomainError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"training run {run_id}: {params.architecture}, {params.epochs} epochs", err=True)
+    progress = _TrainingProgress()
+    try:
+        outcome = run_training(database, Storage(settings.storage_dir), settings, run_id, progress)
+    finally:
+        progress.close()
+    if outcome.error:
+        raise click.ClickException(f"training run {run_id} failed: {outcome.error}")
+    click.echo(
+        f"training run {run_id}: version {outcome.version}, "
+        f"{'activated' if outcome.activated else 'not activated'} ({outcome.decision})",
+        err=True,
+    )
+    if outcome.activated:
+        _release_waiting_jobs(settings)
+
+
+class _TrainingProgress:
+    """A progress bar over every training step, labelled with the epoch and its last loss."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.epoch, self.epochs, self.note = 1, 0, ""
+
+    def started(self, epochs: int, steps_per_epoch: int) -> None:
+        self.epochs = epochs
+        self.bar = click.progressbar(
+            length=epochs * steps_per_epoch, label="training", file=sys.stderr, show_pos=True,
+            item_show_func=lambda _: f"epoch {self.epoch}/{self.epochs} {self.note}",
+        )  # fmt: skip
+        self.bar.__enter__()
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def epoch_done(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch = min(epoch + 1, self.epochs)
+        self.note = " ".join(
+            f"{key} {logs[key]:.3f}" for key in ("loss", "val_auroc") if key in logs
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@main.command()
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A labelled folder with NORMAL/ and PNEUMONIA/.",
+)
+@click.option("--model", "version", default=None, help="A model version; default: the active one.")
+@click.pass_context
+def evaluate(ctx: click.Context, data: Path, version: str | None) -> None:
+    """Print a model's metrics on a labelled folder, at its own threshold, as one JSON object."""
+    import json
+
+    from core import registry
+    from core.db import Database
+    from core.storage import Storage
+    from training.data import class_counts, load_arrays, read_labelled_folder
+    from training.evaluate import evaluate_version
+
+    settings = _settings(ctx)
+    try:
+        with Database(settings.database_url).session() as session:
+            row = (
+                registry.get_version(session, version)
+                if version
+                else registry.active_version(session)
+            )
+    except DomainError as exc:
+        raise click.ClickException(exc.message) from exc
+    if row is None:
+        raise click.ClickException("no active model; name one with --model")
+    samples = read_labelled_folder(data)
+    arrays, unreadable = load_arrays(
+        samples, row.input_size, settings.decode_threads, settings.max_image_pixels
+    )
+    metrics = evaluate_version(Storage(settings.storage_dir), row, arrays)
+    report = {"model_version": row.version, "data": str(data), "images": class_counts(samples),
+              "unreadable": unreadable, **metrics}  # fmt: skip
+    click.echo(json.dumps(report, indent=2))
+
+
 def _release_waiting_jobs(settings: Settings) -> None:
     from kombu.exceptions import OperationalError
 

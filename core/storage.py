@@ -30,7 +30,9 @@ class Storage:
         """A new empty folder on the storage volume, to be moved into place when complete."""
         staging = self.root / "models" / ".staging"
         staging.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=staging))
+        path = Path(tempfile.mkdtemp(dir=staging))
+        path.chmod(0o755)  # mkdtemp makes it private; artifacts are read by other processes
+        return path
 
     def relative(self, path: Path) -> str:
         """`path` relative to the root when inside it, else absolute (import-volume files)."""

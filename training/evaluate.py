@@ -8,6 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from core.inference import predict_padded
+from core.models import ModelVersion
+from core.registry import verified_artifact
+from core.storage import Storage
+from training.data import Arrays
+
+EVAL_BATCH = 64
+
 
 def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False and true positive rates at every distinct score, highest threshold first."""
@@ -80,6 +88,20 @@ def roc_points(y_true: np.ndarray, scores: np.ndarray, limit: int = 200) -> dict
     return {"fpr": fpr[keep].round(5).tolist(), "tpr": tpr[keep].round(5).tolist()}
 
 
+def evaluate_network(network: Any, data: Arrays, threshold: float) -> dict[str, Any]:
+    """Metrics of a loaded model on labelled arrays at `threshold`, with its ROC curve."""
+    scores = predict_padded(network, data.x.astype(np.float32), EVAL_BATCH)
+    return {**binary_metrics(data.y, scores, threshold), "roc": roc_points(data.y, scores)}
+
+
+def evaluate_version(storage: Storage, version: ModelVersion, data: Arrays) -> dict[str, Any]:
+    """Metrics of a registered version on `data`, at the version's own threshold."""
+    import keras
+
+    network = keras.models.load_model(verified_artifact(storage, version), compile=False)
+    return evaluate_network(network, data, version.threshold)
+
+
 def write_report(
     out_dir: Path, metrics: dict[str, Any], history: list[dict[str, float]] | None = None
 ) -> None:
@@ -146,6 +168,7 @@ def _plot_history(plt: Any, history: list[dict[str, float]], path: Path) -> None
             if any(v is not None for v in values):
                 ax.plot(epochs, values, marker="o", label=name)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(key)
         ax.legend()
     fig.tight_layout()

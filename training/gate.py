@@ -5,17 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from core.db import Database
-from core.inference import predict_padded
-from core.models import ModelVersion
-from core.registry import activate, active_version, prune_artifacts, verified_artifact
+from core.registry import activate, active_version, prune_artifacts
 from core.storage import Storage
 from training.data import Arrays
-from training.evaluate import binary_metrics
-
-EVAL_BATCH = 64
+from training.evaluate import evaluate_version
 
 
 @dataclass(frozen=True)
@@ -57,19 +51,6 @@ def gate_decision(
             f"by more than {auroc_margin}",
         )
     return Decision(True, f"holdout AUROC {ours:.4f} vs active {theirs:.4f}, within {auroc_margin}")
-
-
-def evaluate_network(network: Any, holdout: Arrays, threshold: float) -> dict[str, Any]:
-    scores = predict_padded(network, holdout.x.astype(np.float32), EVAL_BATCH)
-    return binary_metrics(holdout.y, scores, threshold)
-
-
-def evaluate_version(storage: Storage, version: ModelVersion, holdout: Arrays) -> dict[str, Any]:
-    """Metrics of a registered version on `holdout`, at the version's own threshold."""
-    import keras
-
-    network = keras.models.load_model(verified_artifact(storage, version), compile=False)
-    return evaluate_network(network, holdout, version.threshold)
 
 
 def promote_if_allowed(

@@ -36,8 +36,14 @@ from training.data import (
     split_by_patient,
     with_threshold_copies,
 )
-from training.evaluate import binary_metrics, choose_threshold, roc_points, write_report
-from training.gate import EVAL_BATCH, promote_if_allowed
+from training.evaluate import (
+    EVAL_BATCH,
+    binary_metrics,
+    choose_threshold,
+    evaluate_network,
+    write_report,
+)
+from training.gate import promote_if_allowed
 from training.model import DEFAULT_INPUT_SIZE, compile_model, make_model
 
 log = logging.getLogger(__name__)
@@ -170,10 +176,9 @@ def _train_and_register(
     # The threshold is chosen on validation; the holdout only measures.
     val_scores = predict_padded(network, validation.x.astype(np.float32), EVAL_BATCH)
     threshold = choose_threshold(validation.y, val_scores, settings.min_sensitivity)
-    holdout_scores = predict_padded(network, holdout.x.astype(np.float32), EVAL_BATCH)
     metrics: dict[str, Any] = {
         "validation": binary_metrics(validation.y, val_scores, threshold),
-        "holdout": {**binary_metrics(holdout.y, holdout_scores, threshold)},
+        "holdout": evaluate_network(network, holdout, threshold),
         "threshold_rule": f"highest with validation sensitivity >= {settings.min_sensitivity}",
         "data": data.summary(),
         "params": {
@@ -185,7 +190,6 @@ def _train_and_register(
         },
         "training_seconds": round(time.monotonic() - started, 1),
     }
-    metrics["holdout"]["roc"] = roc_points(holdout.y, holdout_scores)
 
     version = _register(db, storage, run_id, params, network, threshold, metrics, history)
     decision = promote_if_allowed(
@@ -250,6 +254,7 @@ def _fit(
         validation_data=(validation.x.astype(np.float32), validation.y),
         class_weight=class_weights(train.y),
         callbacks=[recorder],
+        shuffle=False,  # the dataset shuffles itself
         verbose=0,
     )
     return network, recorder.history
