@@ -6,7 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from apiflask import APIFlask
 
-from api import errors, health, jobs
+from api import errors, health, jobs, models, results, training
 from api.context import EXTENSION, ApiContext
 from api.openapi import RequestBodiesPlugin
 from api.schemas import ErrorOut
@@ -47,6 +47,9 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     errors.init_app(app)
     health.init_app(app)
     jobs.init_app(app, bodies)
+    results.init_app(app)
+    models.init_app(app)
+    training.init_app(app)
     return app
 
 

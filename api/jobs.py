@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
@@ -19,6 +18,7 @@ from werkzeug.datastructures import FileStorage
 from api.context import ApiContext, api_context
 from api.errors import api_error
 from api.openapi import RequestBodiesPlugin
+from api.pagination import pagination
 from api.schemas import (
     FolderJobIn,
     JobOut,
@@ -33,7 +33,6 @@ from api.uploads import persist
 from core.archive import is_zip_file
 from core.ingest import ARCHIVE_NAME
 from core.jobs import (
-    Page,
     cancel_job,
     create_job,
     get_job,
@@ -56,7 +55,16 @@ RESULTS_RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] =
     },
     404: {"description": "No such job"},
 }
-CSV_COLUMNS = ["id", "path", "probability", "label", "threshold", "model_version", "error"]
+CSV_COLUMNS = [
+    "id",
+    "path",
+    "probability",
+    "label",
+    "threshold",
+    "model_version",
+    "error",
+    "confirmed_label",
+]
 
 
 def init_app(app: APIFlask, bodies: RequestBodiesPlugin) -> None:
@@ -162,7 +170,7 @@ def list_job_statuses(query_data: dict[str, Any]) -> dict[str, Any]:
         page = list_jobs(
             session, query_data["page"], query_data["per_page"], query_data.get("status")
         )
-    return {"items": [_job_out(job) for job in page.items], "pagination": _pagination(page)}
+    return {"items": [_job_out(job) for job in page.items], "pagination": pagination(page)}
 
 
 @bp.get("/jobs/<job_id>")
@@ -217,7 +225,7 @@ def results(job_id: str, query_data: dict[str, Any]) -> Any:
         "job_id": job_id,
         "status": status,
         "items": [vars(row) for row in page.items],
-        "pagination": _pagination(page),
+        "pagination": pagination(page),
     }
 
 
@@ -258,13 +266,4 @@ def _job_out(job: Job) -> dict[str, Any]:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "results_url": url_for("jobs.results", job_id=job.id),
-    }
-
-
-def _pagination(page: Page) -> dict[str, int]:
-    return {
-        "page": page.page,
-        "per_page": page.per_page,
-        "total": page.total,
-        "pages": max(1, math.ceil(page.total / page.per_page)),
     }

@@ -89,6 +89,7 @@ class ResultOut(Schema):
     model_version = String(allow_none=True)
     error = String(allow_none=True)
     scored_at = DateTime(allow_none=True)
+    confirmed_label = String(allow_none=True, metadata={"description": "A radiologist's label."})
 
 
 class ResultsPageOut(Schema):
@@ -126,3 +127,68 @@ class ErrorBody(Schema):
 
 class ErrorOut(Schema):
     error = Nested(ErrorBody, required=True)
+
+
+class TrainingRunIn(Schema):
+    architecture = String(validate=OneOf(["inception_resnet_v2", "baseline_cnn"]))
+    epochs = Integer(validate=Range(min=1, max=500))
+    batch_size = Integer(validate=Range(min=1, max=4096))
+    augment = String(validate=OneOf(["none", "threshold", "standard", "both"]))
+    weights = String(validate=OneOf(["none", "imagenet"]))
+    activate = String(load_default="if-better", validate=OneOf(["if-better", "always", "never"]))
+
+
+class TrainingRunOut(Schema):
+    id = Integer()
+    status = String(metadata={"enum": ["queued", "running", "completed", "failed", "skipped"]})
+    trigger = String()
+    params = Dict()
+    epoch = Integer()
+    epochs = Integer()
+    progress = Float()
+    history = List(Dict(), metadata={"description": "Per-epoch loss and metrics."})
+    metrics = Dict(allow_none=True)
+    version = String(allow_none=True, metadata={"description": "The model version it produced."})
+    activated = Boolean()
+    decision = String(allow_none=True, metadata={"description": "Why it was (not) activated."})
+    error = String(allow_none=True)
+    labels_used = Integer()
+    created_at = DateTime()
+    started_at = DateTime(allow_none=True)
+    finished_at = DateTime(allow_none=True)
+
+
+class TrainingRunsPageOut(Schema):
+    items = List(Nested(TrainingRunOut))
+    pagination = Nested(PaginationOut)
+
+
+class ModelOut(Schema):
+    version = String()
+    status = String(metadata={"enum": ["candidate", "active", "retired"]})
+    architecture = String(allow_none=True)
+    source = String()
+    input_size = Integer()
+    threshold = Float()
+    sha256 = String()
+    metrics = Dict(allow_none=True)
+    training_run_id = Integer(allow_none=True)
+    artifact_available = Boolean()
+    created_at = DateTime()
+    activated_at = DateTime(allow_none=True)
+
+
+class ModelsOut(Schema):
+    items = List(Nested(ModelOut))
+
+
+class LabelIn(Schema):
+    label = String(required=True, validate=OneOf(["NORMAL", "PNEUMONIA"]))
+    labelled_by = String(required=True, validate=Length(min=1, max=200))
+
+
+class LabelOut(Schema):
+    result_id = Integer()
+    label = String()
+    labelled_by = String()
+    labelled_at = DateTime()

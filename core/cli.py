@@ -38,21 +38,58 @@ def _settings(ctx: click.Context) -> Settings:
 def up(ctx: click.Context) -> None:
     """Run api, workers and scheduler together on this machine (Ctrl-C stops all)."""
     from core.migrate import upgrade
-    from core.supervisor import Supervisor
+    from core.supervisor import Command, Supervisor
 
     settings = _settings(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
+    _bootstrap_training(settings)
     me = [sys.executable, "-m", "core.cli"]
     click.echo(f"pneumoscan: serving on {settings.api_url} (database {settings.database_url})")
+    all_cores = {"PNEUMOSCAN_TF_INTRA_OP_THREADS": "0", "PNEUMOSCAN_TF_INTER_OP_THREADS": "0"}
     code = Supervisor(
         {
-            "api": [*me, "api"],
-            "worker": [*me, "worker", "--queues", "ingest,scoring,training"],
-            "beat": [*me, "beat"],
+            "api": Command([*me, "api"]),
+            "worker": Command([*me, "worker", "--queues", "ingest,scoring"]),
+            # Training gets its own process, one run at a time, with every core TF wants.
+            "trainer": Command(
+                [*me, "worker", "--queues", "training", "--concurrency", "1"], all_cores
+            ),
+            "beat": Command([*me, "beat"]),
         }
     ).run()
     sys.exit(code)
+
+
+def _bootstrap_training(settings: Settings) -> None:
+    """First run: no active model but reference data configured, so train one now."""
+    from core import registry
+    from core.db import Database
+    from core.training_runs import TrainingBusyError, TrainingParams, request_run
+    from worker.celery_app import create_celery
+    from worker.tasks import train_model
+
+    if settings.data_dir is None:
+        return
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            if registry.active_version(session) is not None:
+                return
+            # With nothing to compare against and nothing serving, the first model goes live.
+            params = TrainingParams.from_settings(settings, activate="always")
+            run, _ = request_run(session, params, "bootstrap")
+            run_id = run.id
+    except TrainingBusyError as exc:
+        click.echo(f"pneumoscan: no active model; {exc.message}")
+        return
+    finally:
+        database.dispose()
+    create_celery(settings).tasks[train_model.name].delay(run_id)
+    click.echo(
+        f"pneumoscan: no active model; training run {run_id} started on {settings.data_dir} "
+        "(jobs wait until it is activated)"
+    )
 
 
 @main.command()

@@ -89,8 +89,14 @@ class Settings(BaseSettings):
     @field_validator("retrain_cron")
     @classmethod
     def _five_cron_fields(cls, value: str) -> str:
+        from celery.schedules import ParseException, crontab
+
         if len(value.split()) != 5:
             raise ValueError("give five cron fields: minute hour day-of-month month day-of-week")
+        try:
+            crontab.from_string(value)
+        except (ParseException, ValueError) as exc:
+            raise ValueError(f"not a cron expression: {exc}") from exc
         return value
 
     @field_validator("train_augment")

@@ -11,7 +11,7 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from core.jobs import Page, get_job
-from core.models import Image, Job, JobStatus, ModelVersion, utcnow
+from core.models import Image, Job, JobStatus, Label, ModelVersion, utcnow
 
 PNEUMONIA = "PNEUMONIA"
 NORMAL = "NORMAL"
@@ -43,6 +43,7 @@ class ResultRow:
     model_version: str | None
     error: str | None
     scored_at: datetime | None
+    confirmed_label: str | None
 
 
 def images_to_score(session: Session, job_id: str, image_ids: Sequence[int]) -> list[ImageToScore]:
@@ -167,8 +168,10 @@ def _results_query(job_id: str):  # type: ignore[no-untyped-def]
             ModelVersion.version,
             Image.error,
             Image.scored_at,
+            Label.label,
         )
         .outerjoin(ModelVersion, Image.model_version_id == ModelVersion.id)
+        .outerjoin(Label, Label.image_id == Image.id)
         .where(Image.job_id == job_id)
         .order_by(Image.id)
     )

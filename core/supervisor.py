@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from types import FrameType
 
 STOP_TIMEOUT_SECONDS = 60.0
 
 
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
+
+
 class Supervisor:
     """Starts named commands, watches them, and stops every one when any stops or on a signal."""
 
-    def __init__(self, commands: dict[str, list[str]]) -> None:
+    def __init__(self, commands: dict[str, Command]) -> None:
         self.commands = commands
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._stopping = False
@@ -24,9 +32,11 @@ class Supervisor:
             sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
         }
         try:
-            for name, argv in self.commands.items():
+            for name, command in self.commands.items():
                 # Own session: the terminal's Ctrl-C reaches only us, and we stop children in order.
-                self.processes[name] = subprocess.Popen(argv, start_new_session=True)
+                self.processes[name] = subprocess.Popen(
+                    command.argv, env={**os.environ, **command.env}, start_new_session=True
+                )
             return self._watch()
         finally:
             self._stop_all()

@@ -77,7 +77,11 @@ def request_run(
         if existing is not None:
             return existing, False
     run = TrainingRun(
-        trigger=trigger, trigger_key=trigger_key, params=asdict(params), epochs=params.epochs
+        trigger=trigger,
+        trigger_key=trigger_key,
+        params=asdict(params),
+        epochs=params.epochs,
+        in_progress=True,
     )
     try:
         with session.begin_nested():

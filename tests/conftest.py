@@ -150,3 +150,16 @@ def inception_model(model_dir: Path) -> Path:
     from training.model import INCEPTION_RESNET_V2, save_untrained
 
     return save_untrained(INCEPTION_RESNET_V2, model_dir / "inception_resnet_v2.keras")
+
+
+@pytest.fixture(scope="session")
+def small_reference(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few dozen real Kermany images per class, in the Kaggle layout."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("reference")
+    for name in ("NORMAL", "PNEUMONIA"):
+        (root / name).mkdir()
+        for path in sorted((shared_data / "kermany224" / name).iterdir())[:30]:
+            shutil.copy(path, root / name / path.name)
+    return root

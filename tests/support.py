@@ -28,6 +28,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The PNEUMOSCAN_* environment that reproduces `settings` in another process."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PNEUMOSCAN_")}
     for name, value in settings.model_dump().items():
+        if value is None:
+            continue
         if isinstance(value, list):
             value = os.pathsep.join(str(item) for item in value)
         env[f"PNEUMOSCAN_{name.upper()}"] = str(value)

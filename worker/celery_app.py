@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from core.config import Settings
@@ -15,6 +16,8 @@ TASK_ROUTES = {
     "worker.tasks.ingest_job": {"queue": INGEST_QUEUE},
     "worker.tasks.release_waiting_jobs": {"queue": INGEST_QUEUE},
     "worker.tasks.score_batch": {"queue": SCORING_QUEUE},
+    "worker.tasks.schedule_retraining": {"queue": INGEST_QUEUE},
+    "worker.tasks.train_model": {"queue": TRAINING_QUEUE},
 }
 
 
@@ -56,6 +59,10 @@ def create_celery(settings: Settings) -> PneumoscanCelery:
             "release-waiting-jobs": {
                 "task": "worker.tasks.release_waiting_jobs",
                 "schedule": settings.sweep_seconds,
+            },
+            "nightly-retraining": {
+                "task": "worker.tasks.schedule_retraining",
+                "schedule": crontab.from_string(settings.retrain_cron),
             },
         },
         beat_schedule_filename=str(settings.home / "celerybeat-schedule"),

@@ -10,7 +10,10 @@ import logging
 from celery import Task, shared_task
 
 from core import ingest
+from core.errors import DomainError
 from core.jobs import claim_waiting_jobs, pending_image_batches
+from core.models import RunStatus, utcnow
+from core.training_runs import TrainingParams, request_scheduled_run
 from worker.celery_app import context_of
 from worker.context import WorkerContext
 
@@ -60,3 +63,33 @@ def enqueue_scoring(context: WorkerContext, job_id: str) -> int:
     for image_ids in batches:
         score_batch.delay(job_id, image_ids)
     return len(batches)
+
+
+@shared_task(bind=True)
+def train_model(self: Task, run_id: int) -> None:
+    """Run one training run (queue `training`); activation releases waiting jobs."""
+    from training.train import run_training
+
+    context = context_of(self.app)
+    outcome = run_training(context.db, context.storage, context.settings, run_id)
+    log.info("training run %s %s: %s", run_id, outcome.status, outcome.decision or outcome.error)
+    if outcome.activated:
+        release_waiting(context)
+
+
+@shared_task(bind=True)
+def schedule_retraining(self: Task, force: bool = False) -> None:
+    """Beat's nightly trigger: one run per scheduled minute, skipped when no labels are new."""
+    context = context_of(self.app)
+    try:
+        params = TrainingParams.from_settings(context.settings, force=force)
+    except DomainError as exc:
+        log.warning("nightly retraining not started: %s", exc.message)
+        return
+    key = f"schedule:{utcnow():%Y-%m-%dT%H:%M}"
+    with context.db.session() as session:
+        run, created = request_scheduled_run(session, params, key)
+        run_id, status, reason = run.id, run.status, run.decision
+    if created and status == RunStatus.QUEUED:
+        train_model.delay(run_id)
+    log.info("nightly retraining %s: run %s %s %s", key, run_id, status, reason or "")

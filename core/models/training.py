@@ -26,7 +26,7 @@ class TrainingRun(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED, index=True)
     # True while queued or running, NULL afterwards: the unique constraint lets one run at a time.
-    in_progress: Mapped[bool | None] = mapped_column(Boolean, unique=True, default=True)
+    in_progress: Mapped[bool | None] = mapped_column(Boolean, unique=True)
     # One scheduled firing makes one row, however many schedulers fire.
     trigger_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     trigger: Mapped[str] = mapped_column(String(16))

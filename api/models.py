@@ -1,0 +1,58 @@
+"""/v1/models: registered versions with their metrics; promote or roll back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiflask import APIBlueprint, APIFlask
+from flask import current_app
+
+from api.context import api_context
+from api.schemas import ModelOut, ModelsOut
+from core.models import ModelVersion
+from core.registry import activate, list_versions
+from worker.tasks import release_waiting_jobs
+
+bp = APIBlueprint("models", __name__, url_prefix="/v1", tag="Models")
+
+
+def init_app(app: APIFlask) -> None:
+    app.register_blueprint(bp)
+
+
+@bp.get("/models")
+@bp.output(ModelsOut)
+def list_models() -> dict[str, Any]:
+    """Every version, newest first, with metrics, threshold, status and training run."""
+    with api_context(current_app).db.session() as session:
+        return {"items": [model_out(row) for row in list_versions(session)]}
+
+
+@bp.post("/models/<version>/activate")
+@bp.output(ModelOut)
+@bp.doc(responses={404: "No such version", 409: "Its artifact was pruned"})
+def activate_model(version: str) -> dict[str, Any]:
+    """Make this version the active one (promote a candidate, or roll back)."""
+    context = api_context(current_app)
+    with context.db.session() as session:
+        out = model_out(activate(session, version))
+    # Jobs that were waiting for a model can start now.
+    context.celery.tasks[release_waiting_jobs.name].delay()
+    return out
+
+
+def model_out(row: ModelVersion) -> dict[str, Any]:
+    return {
+        "version": row.version,
+        "status": row.status,
+        "architecture": row.architecture,
+        "source": row.source,
+        "input_size": row.input_size,
+        "threshold": row.threshold,
+        "sha256": row.sha256,
+        "metrics": row.metrics,
+        "training_run_id": row.training_run_id,
+        "artifact_available": row.artifact_deleted_at is None,
+        "created_at": row.created_at,
+        "activated_at": row.activated_at,
+    }

@@ -1,0 +1,353 @@
+"""Training runs with real Keras on real images (few images, few epochs), through the
+Celery task on a real worker; the gate, rollback, hot swap, labels and the nightly schedule."""
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from core import registry
+from core.config import Settings, load_settings
+from core.db import Database
+from core.migrate import upgrade
+from core.models import Image, RunStatus, TrainingRun
+from core.storage import Storage
+from core.training_runs import TrainingParams, request_run, request_scheduled_run
+from tests.images import jpeg_bytes
+from tests.stack import Stack
+from tests.support import WorkerProcess, wait_for, zip_bytes
+from training.data import load_arrays, read_labelled_folder
+from training.evaluate import evaluate_version
+from training.gate import promote_if_allowed
+from training.train import run_training
+
+FINISHED_RUN = ("completed", "failed", "skipped")
+
+
+def training_stack(tmp_path: Path, reference: Path, **overrides: object) -> Stack:
+    (tmp_path / "import").mkdir(exist_ok=True)
+    settings = load_settings(
+        home=tmp_path / "var", import_roots=[tmp_path / "import"], data_dir=reference,
+        min_sensitivity=0.9, **overrides,
+    )  # fmt: skip
+    upgrade(settings.database_url)
+    return Stack(settings, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "epochs"), [("baseline_cnn", 3), ("inception_resnet_v2", 1)]
+)
+def test_each_architecture_trains_end_to_end_through_the_celery_task(
+    tmp_path: Path, small_reference: Path, architecture: str, epochs: int
+) -> None:
+    stack = training_stack(tmp_path, small_reference)
+    try:
+        stack.worker = WorkerProcess(stack.settings, tmp_path / "trainer.log", queues="training")
+        response = stack.client.post(
+            "/v1/training-runs",
+            json={
+                "architecture": architecture,
+                "epochs": epochs,
+                "batch_size": 16,
+                "activate": "always",
+            },
+        )
+        assert response.status_code == 202, response.get_json()
+        run_id = response.get_json()["id"]
+        run = wait_for(
+            lambda: (r := stack.client.get(f"/v1/training-runs/{run_id}").get_json())["status"]
+            in FINISHED_RUN and r,
+            900, f"training run {run_id}", interval=1,
+        )  # fmt: skip
+        assert run["status"] == "completed", run["error"] or stack.worker.log()[-3000:]
+        assert run["epoch"] == epochs
+        assert len(run["history"]) == epochs
+        assert {"loss", "val_loss", "accuracy"} <= set(run["history"][-1])
+        holdout = run["metrics"]["holdout"]
+        for key in (
+            "accuracy",
+            "sensitivity",
+            "specificity",
+            "precision",
+            "f1",
+            "auroc",
+            "confusion_matrix",
+            "roc",
+        ):
+            assert key in holdout
+        assert sum(holdout["confusion_matrix"].values()) == holdout["n"] > 0
+        # The threshold was chosen on validation and is the one the version scores with.
+        models = {m["version"]: m for m in stack.client.get("/v1/models").get_json()["items"]}
+        version = models[run["version"]]
+        assert version["status"] == "active"
+        assert version["training_run_id"] == run_id
+        assert (
+            version["threshold"]
+            == run["metrics"]["validation"]["threshold"]
+            == holdout["threshold"]
+        )
+        assert run["metrics"]["validation"]["sensitivity"] >= stack.settings.min_sensitivity
+        folder = stack.settings.storage_dir / "models" / run["version"]
+        for name in (
+            "model.keras",
+            "metrics.json",
+            "confusion_matrix.png",
+            "roc.png",
+            "training_curves.png",
+        ):
+            assert (folder / name).stat().st_size > 0
+    finally:
+        stack.close()
+
+
+def test_a_second_run_is_refused_while_one_is_queued(tmp_path: Path, small_reference: Path) -> None:
+    stack = training_stack(tmp_path, small_reference)
+    try:
+        first = stack.client.post("/v1/training-runs", json={"architecture": "baseline_cnn"})
+        assert first.status_code == 202
+        second = stack.client.post("/v1/training-runs", json={"architecture": "baseline_cnn"})
+        assert second.status_code == 409
+        assert second.get_json()["error"]["code"] == "training_in_progress"
+        assert stack.client.get("/v1/training-runs/999").status_code == 404
+    finally:
+        stack.close()
+
+
+def test_training_without_reference_data_is_refused(settings: Settings) -> None:
+    from api import create_app
+
+    response = create_app(settings).test_client().post("/v1/training-runs", json={})
+    assert response.status_code == 400
+    assert "PNEUMOSCAN_DATA_DIR" in response.get_json()["error"]["message"]
+
+
+def intensity_model(path: Path, sign: float) -> Path:
+    """A real Keras model scoring mean brightness (sign +1) or darkness (sign -1)."""
+    import keras
+    import numpy as np
+
+    inputs = keras.Input((75, 75, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    dense = keras.layers.Dense(1, activation="sigmoid")
+    outputs = dense(x)
+    model = keras.Model(inputs, outputs)
+    dense.set_weights(
+        [np.full((3, 1), sign * 10 / 3, np.float32), np.array([-sign * 5], np.float32)]
+    )
+    model.save(path)
+    return path
+
+
+def test_gate_activates_a_better_candidate_keeps_a_worse_one_and_rollback_works(
+    settings: Settings, small_reference: Path, tmp_path: Path
+) -> None:
+    from api import create_app
+
+    db, storage = Database(settings.database_url), Storage(settings.storage_dir)
+    holdout, _ = load_arrays(read_labelled_folder(small_reference), 75, 4, 10**9)
+    with db.session() as session:
+        # A threshold of 0 calls everything pneumonia: sensitivity 1, so only AUROC decides.
+        bright = registry.import_model(
+            session, storage, intensity_model(tmp_path / "b.keras", 1), threshold=0.0
+        )
+        dark = registry.import_model(
+            session, storage, intensity_model(tmp_path / "d.keras", -1), threshold=0.0
+        )
+        bright_v, dark_v = bright.version, dark.version
+    scores = {
+        v: evaluate_version(storage, row, holdout)["auroc"]
+        for v, row in ((bright_v, bright), (dark_v, dark))
+    }
+    better, worse = sorted(scores, key=scores.__getitem__, reverse=True)
+    assert scores[better] > scores[worse] + 0.02  # mirror images: AUROC a and 1 - a
+    rules = {
+        "min_sensitivity": 0.95,
+        "auroc_margin": 0.01,
+        "policy": "if-better",
+        "keep_inactive": 5,
+    }
+    with db.session() as session:
+        registry.activate(session, better)
+    kept = promote_if_allowed(
+        db, storage, worse, {"auroc": scores[worse], "sensitivity": 1.0}, holdout, **rules
+    )
+    assert not kept.activate
+    assert kept.active_metrics is not None
+    assert kept.active_metrics["auroc"] == pytest.approx(scores[better])
+    with db.session() as session:
+        registry.activate(session, worse)
+    promoted = promote_if_allowed(
+        db, storage, better, {"auroc": scores[better], "sensitivity": 1.0}, holdout, **rules
+    )
+    assert promoted.activate
+    client = create_app(settings).test_client()
+    assert {m["version"]: m["status"] for m in client.get("/v1/models").get_json()["items"]}[
+        better
+    ] == "active"
+    # Roll back through the API.
+    rolled = client.post(f"/v1/models/{worse}/activate")
+    assert rolled.status_code == 200
+    assert rolled.get_json()["status"] == "active"
+    statuses = {m["version"]: m["status"] for m in client.get("/v1/models").get_json()["items"]}
+    assert statuses == {worse: "active", better: "retired"}
+    assert client.post("/v1/models/nope/activate").status_code == 404
+
+
+def test_old_inactive_artifacts_are_pruned_and_cannot_be_activated(
+    settings: Settings, baseline_model: Path
+) -> None:
+    db, storage = Database(settings.database_url), Storage(settings.storage_dir)
+    with db.session() as session:
+        versions = [
+            registry.import_model(session, storage, baseline_model).version for _ in range(4)
+        ]
+        registry.activate(session, versions[-1])
+        pruned = registry.prune_artifacts(session, storage, keep=1)
+    assert sorted(pruned) == sorted(versions[:2])
+    assert not (settings.storage_dir / "models" / versions[0]).exists()
+    assert (settings.storage_dir / "models" / versions[2]).exists()
+    with pytest.raises(registry.ArtifactDeletedError), db.session() as session:
+        registry.activate(session, versions[0])
+
+
+def test_hot_swap_while_a_worker_scores_loses_and_duplicates_nothing(
+    backend_settings: Settings, tmp_path: Path, baseline_model: Path, model_dir: Path
+) -> None:
+    from training.model import BASELINE_CNN, save_untrained
+
+    other_model = save_untrained(BASELINE_CNN, model_dir / "other-baseline.keras")
+    settings = backend_settings.model_copy(update={"batch_size": 2})
+    stack = Stack(settings, tmp_path)
+    try:
+        first = stack.import_model(baseline_model)
+        second = stack.import_model(other_model, activate=False)
+        stack.start_worker()
+        job_id = stack.submit_zip(zip_bytes([(f"{i:03d}.jpeg", jpeg_bytes()) for i in range(120)]))[
+            "id"
+        ]
+        wait_for(lambda: stack.job(job_id)["scored"] > 0, 120, "the first results")
+        assert stack.client.post(f"/v1/models/{second}/activate").status_code == 200
+        done = stack.wait_finished(job_id)
+        assert (done["status"], done["scored"], done["errors"]) == ("completed", 120, 0)
+        assert done["model_versions"] == [first, second]
+        results = stack.results(job_id)
+        assert len(results) == len({r["id"] for r in results}) == 120
+        assert {r["model_version"] for r in results} == {first, second}
+        with stack.db.session() as session:
+            assert session.scalar(select(func.count()).select_from(Image)) == 120
+        assert stack.worker is not None
+        assert stack.worker.log().count("loading model version") == 2
+    finally:
+        stack.close()
+
+
+def test_confirmed_labels_feed_the_next_run_and_a_later_label_replaces_an_earlier_one(
+    tmp_path: Path, small_reference: Path, baseline_model: Path
+) -> None:
+    stack = training_stack(tmp_path, small_reference)
+    try:
+        stack.import_model(baseline_model)
+        stack.start_worker()
+        job_id = stack.submit_zip(zip_bytes([(f"new/{i}.jpeg", jpeg_bytes()) for i in range(4)]))[
+            "id"
+        ]
+        stack.wait_finished(job_id)
+        ids = [r["id"] for r in stack.results(job_id)]
+        for result_id, label in zip(
+            ids, ["NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA"], strict=True
+        ):
+            put = stack.client.put(
+                f"/v1/results/{result_id}/label", json={"label": label, "labelled_by": "dr-a"}
+            )
+            assert put.status_code == 200
+        again = stack.client.put(
+            f"/v1/results/{ids[0]}/label", json={"label": "PNEUMONIA", "labelled_by": "dr-b"}
+        )
+        assert again.get_json()["labelled_by"] == "dr-b"
+        results = {r["id"]: r for r in stack.results(job_id)}
+        assert results[ids[0]]["confirmed_label"] == "PNEUMONIA"
+        bad = stack.client.put(
+            f"/v1/results/{ids[0]}/label", json={"label": "maybe", "labelled_by": "x"}
+        )
+        assert bad.status_code == 400
+        assert (
+            stack.client.put(
+                "/v1/results/999999/label", json={"label": "NORMAL", "labelled_by": "x"}
+            ).status_code
+            == 404
+        )
+
+        params = TrainingParams.from_settings(
+            stack.settings, architecture="baseline_cnn", epochs=1, batch_size=16, activate="never"
+        )
+        with stack.db.session() as session:
+            run, _ = request_run(session, params, "test")
+            run_id = run.id
+        outcome = run_training(
+            stack.db, Storage(stack.settings.storage_dir), stack.settings, run_id
+        )
+        assert outcome.status == "completed", outcome.error
+        with stack.db.session() as session:
+            finished = session.get(TrainingRun, run_id)
+            assert finished is not None
+            assert finished.labels_used == 4
+            data = finished.metrics["data"]  # type: ignore[index]
+            assert data["confirmed_labels"] == 4
+            in_training = sum(data["train"].values()) + sum(data["validation"].values())
+        reference_only = 60 - sum(data["holdout"].values())
+        assert in_training == reference_only + 4
+    finally:
+        stack.close()
+
+
+def test_nightly_run_is_skipped_without_new_labels(
+    backend_settings: Settings, small_reference: Path
+) -> None:
+    db = Database(backend_settings.database_url)
+    settings = backend_settings.model_copy(update={"data_dir": small_reference})
+    params = TrainingParams.from_settings(settings)
+    with db.session() as session:
+        done, _ = request_run(session, params, "test")
+        done.status, done.in_progress = RunStatus.COMPLETED, None
+    with db.session() as session:
+        skipped, created = request_scheduled_run(session, params, "schedule:2026-11-27T02:00")
+        assert (skipped.status, created) == (RunStatus.SKIPPED, False)
+        assert "no confirmed labels since run" in (skipped.decision or "")
+    forced = TrainingParams.from_settings(settings, force=True)
+    with db.session() as session:
+        run, created = request_scheduled_run(session, forced, "schedule:2026-11-28T02:00")
+        assert (run.status, created) == (RunStatus.QUEUED, True)
+
+
+def test_two_simultaneous_schedule_triggers_give_one_run(
+    backend_settings: Settings, small_reference: Path
+) -> None:
+    settings = backend_settings.model_copy(update={"data_dir": small_reference})
+    params = TrainingParams.from_settings(settings)
+    barrier = threading.Barrier(2)
+    outcomes: list[tuple[int, bool]] = []
+
+    def fire(key: str) -> None:
+        db = Database(settings.database_url)
+        barrier.wait()
+        with db.session() as session:
+            run, created = request_scheduled_run(session, params, key)
+            outcomes.append((run.id, created))
+        db.dispose()
+
+    threads = [threading.Thread(target=fire, args=("schedule:2026-11-27T02:00",)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({run_id for run_id, _ in outcomes}) == 1
+    assert sorted(created for _, created in outcomes) == [False, True]
+    # A different firing while that run is still queued records a skip, not a second run.
+    with Database(settings.database_url).session() as session:
+        other, created = request_scheduled_run(session, params, "schedule:2026-11-28T02:00")
+        assert (other.status, created) == (RunStatus.SKIPPED, False)
+        assert (
+            session.scalar(select(func.count()).where(TrainingRun.status == RunStatus.QUEUED)) == 1
+        )
