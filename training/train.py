@@ -171,7 +171,8 @@ def _train_and_register(
     )
     holdout, _ = load_arrays(data.holdout, size, settings.decode_threads, settings.max_image_pixels)
     log.info("run %s: data %s", run_id, data.summary())
-    network, history = _fit(db, run_id, params, train, validation, progress)
+    network, recorder = _fit(db, run_id, params, train, validation, progress)
+    history = recorder.history
 
     # The threshold is chosen on validation; the holdout only measures.
     val_scores = predict_padded(network, validation.x.astype(np.float32), EVAL_BATCH)
@@ -188,6 +189,7 @@ def _train_and_register(
             "augment": params.augment,
             "weights": params.weights,
         },
+        "best_epoch": recorder.best_epoch,
         "training_seconds": round(time.monotonic() - started, 1),
     }
 
@@ -230,7 +232,7 @@ def _fit(
     train: Arrays,
     validation: Arrays,
     progress: Progress | None,
-) -> tuple[Any, list[dict[str, float]]]:
+) -> tuple[Any, _RunRecorder]:
     import keras
     import tensorflow as tf
 
@@ -257,7 +259,7 @@ def _fit(
         shuffle=False,  # the dataset shuffles itself
         verbose=0,
     )
-    return network, recorder.history
+    return network, recorder
 
 
 def _augmenter(augment: str) -> Any:
@@ -285,12 +287,15 @@ def _recorder_base() -> Any:
 
 
 class _RunRecorder(_recorder_base()):  # type: ignore[misc]
-    """Writes each epoch's metrics to the run, and feeds the progress display."""
+    """Writes each epoch's metrics to the run, feeds the progress display, and keeps the
+    weights of the epoch with the best validation AUROC, restored when training ends."""
 
     def __init__(self, db: Database, run_id: int, progress: Progress | None) -> None:
         super().__init__()
         self.db, self.run_id, self.progress = db, run_id, progress
         self.history: list[dict[str, float]] = []
+        self.best_epoch, self.best_auroc = 0, -1.0
+        self._best_weights: list[Any] | None = None
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         if self.progress is not None:
@@ -299,10 +304,18 @@ class _RunRecorder(_recorder_base()):  # type: ignore[misc]
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         values = {key: float(value) for key, value in (logs or {}).items()}
         self.history.append({"epoch": epoch + 1, **values})
+        if values.get("val_auroc", -1.0) > self.best_auroc:
+            self.best_epoch, self.best_auroc = epoch + 1, values["val_auroc"]
+            self._best_weights = self.model.get_weights()
         with self.db.session() as session:
             record_epoch(session, self.run_id, epoch + 1, values)
         if self.progress is not None:
             self.progress.epoch_done(epoch + 1, values)
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        # Validation may choose the epoch; the holdout never chooses anything.
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
 
 
 def _register(
