@@ -98,17 +98,26 @@ def api(ctx: click.Context) -> None:
     """Serve the HTTP API with gunicorn (threads, so long uploads do not block others)."""
     settings = _settings(ctx)
     argv = [
-        sys.executable, "-m", "gunicorn",
-        "--bind", f"{settings.api_host}:{settings.api_port}",
-        "--workers", str(settings.api_workers),
-        "--worker-class", "gthread",
-        "--threads", "8",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{settings.api_host}:{settings.api_port}",
+        "--workers",
+        str(settings.api_workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        "8",
         # gthread workers heartbeat from their main thread, so a slow upload is not killed.
-        "--timeout", "120",
-        "--graceful-timeout", "30",
-        "--access-logfile", "-",
+        "--timeout",
+        "120",
+        "--graceful-timeout",
+        "30",
+        "--access-logfile",
+        "-",
         "api.wsgi:app",
-    ]  # fmt: skip
+    ]
     os.execv(sys.executable, argv)
 
 
@@ -133,14 +142,20 @@ def worker(ctx: click.Context, queues: str, concurrency: int | None, pool: str) 
     app.worker_main(
         [
             "worker",
-            "--queues", queues,
-            "--concurrency", str(concurrency or settings.worker_concurrency),
-            "--pool", pool,
-            "--loglevel", settings.log_level,
-            "--hostname", f"pneumoscan-{queues.replace(',', '-')}-{os.getpid()}@%h",
-            "--without-mingle", "--without-gossip",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency or settings.worker_concurrency),
+            "--pool",
+            pool,
+            "--loglevel",
+            settings.log_level,
+            "--hostname",
+            f"pneumoscan-{queues.replace(',', '-')}-{os.getpid()}@%h",
+            "--without-mingle",
+            "--without-gossip",
         ]
-    )  # fmt: skip
+    )
 
 
 @main.command()
@@ -337,9 +352,12 @@ class _TrainingProgress:
     def started(self, epochs: int, steps_per_epoch: int) -> None:
         self.epochs = epochs
         self.bar = click.progressbar(
-            length=epochs * steps_per_epoch, label="training", file=sys.stderr, show_pos=True,
+            length=epochs * steps_per_epoch,
+            label="training",
+            file=sys.stderr,
+            show_pos=True,
             item_show_func=lambda _: f"epoch {self.epoch}/{self.epochs} {self.note}",
-        )  # fmt: skip
+        )
         self.bar.__enter__()
 
     def step(self) -> None:
@@ -393,8 +411,13 @@ def evaluate(ctx: click.Context, data: Path, version: str | None) -> None:
         samples, row.input_size, settings.decode_threads, settings.max_image_pixels
     )
     metrics = evaluate_version(Storage(settings.storage_dir), row, arrays)
-    report = {"model_version": row.version, "data": str(data), "images": class_counts(samples),
-              "unreadable": unreadable, **metrics}  # fmt: skip
+    report = {
+        "model_version": row.version,
+        "data": str(data),
+        "images": class_counts(samples),
+        "unreadable": unreadable,
+        **metrics,
+    }
     click.echo(json.dumps(report, indent=2))
 
 

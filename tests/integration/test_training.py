@@ -28,9 +28,12 @@ FINISHED_RUN = ("completed", "failed", "skipped")
 def training_stack(tmp_path: Path, reference: Path, **overrides: object) -> Stack:
     (tmp_path / "import").mkdir(exist_ok=True)
     settings = load_settings(
-        home=tmp_path / "var", import_roots=[tmp_path / "import"], data_dir=reference,
-        min_sensitivity=0.9, **overrides,
-    )  # fmt: skip
+        home=tmp_path / "var",
+        import_roots=[tmp_path / "import"],
+        data_dir=reference,
+        min_sensitivity=0.9,
+        **overrides,
+    )
     upgrade(settings.database_url)
     return Stack(settings, tmp_path)
 
@@ -56,10 +59,15 @@ def test_each_architecture_trains_end_to_end_through_the_celery_task(
         assert response.status_code == 202, response.get_json()
         run_id = response.get_json()["id"]
         run = wait_for(
-            lambda: (r := stack.client.get(f"/v1/training-runs/{run_id}").get_json())["status"]
-            in FINISHED_RUN and r,
-            900, f"training run {run_id}", interval=1,
-        )  # fmt: skip
+            lambda: (
+                (r := stack.client.get(f"/v1/training-runs/{run_id}").get_json())["status"]
+                in FINISHED_RUN
+                and r
+            ),
+            900,
+            f"training run {run_id}",
+            interval=1,
+        )
         assert run["status"] == "completed", run["error"] or stack.worker.log()[-3000:]
         assert run["epoch"] == epochs
         assert len(run["history"]) == epochs
@@ -351,3 +359,96 @@ def test_two_simultaneous_schedule_triggers_give_one_run(
         assert (
             session.scalar(select(func.count()).where(TrainingRun.status == RunStatus.QUEUED)) == 1
         )
+
+
+def test_beat_trigger_through_a_worker_trains_once_for_two_firings(
+    tmp_path: Path, small_reference: Path
+) -> None:
+    stack = training_stack(
+        tmp_path,
+        small_reference,
+        train_architecture="baseline_cnn",
+        train_epochs=1,
+        train_batch_size=16,
+    )
+    try:
+        stack.worker = WorkerProcess(
+            stack.settings, tmp_path / "worker.log", queues="ingest,training"
+        )
+        celery = stack.app.extensions["pneumoscan"].celery
+        from worker.tasks import schedule_retraining
+
+        for _ in range(2):  # two schedulers firing the same minute
+            celery.tasks[schedule_retraining.name].delay()
+        wait_for(
+            lambda: stack.worker.log().count("nightly retraining schedule:") == 2,
+            120,
+            "both firings",
+        )  # type: ignore[union-attr]
+        runs = wait_for(
+            lambda: (
+                (items := stack.client.get("/v1/training-runs").get_json()["items"])
+                and all(r["status"] in FINISHED_RUN for r in items)
+                and items
+            ),
+            300,
+            "the nightly run",
+        )
+        assert [(r["status"], r["trigger"]) for r in runs] == [("completed", "schedule")]
+    finally:
+        stack.close()
+
+
+def test_beat_schedule_follows_the_cron_setting(tmp_path: Path) -> None:
+    from worker.celery_app import create_celery
+
+    app = create_celery(load_settings(home=tmp_path, retrain_cron="30 3 * * 1-5"))
+    schedule = app.conf.beat_schedule["nightly-retraining"]["schedule"]
+    assert (schedule.minute, schedule.hour, schedule.day_of_week) == ({30}, {3}, {1, 2, 3, 4, 5})
+
+
+def test_evaluate_prints_the_metrics_of_a_version_as_json(
+    settings: Settings, small_reference: Path, baseline_model: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.support import REPO, settings_env
+
+    with Database(settings.database_url).session() as session:
+        version = registry.import_model(
+            session, Storage(settings.storage_dir), baseline_model
+        ).version
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core.cli",
+            "evaluate",
+            "--data",
+            str(small_reference),
+            "--model",
+            version,
+        ],
+        env=settings_env(settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model_version"] == version
+    assert report["n"] == 60
+    assert report["images"] == {"NORMAL": 30, "PNEUMONIA": 30}
+    for key in (
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "precision",
+        "f1",
+        "auroc",
+        "confusion_matrix",
+    ):
+        assert key in report
