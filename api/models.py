@@ -8,7 +8,7 @@ from apiflask import APIBlueprint, APIFlask
 from flask import current_app
 
 from api.context import api_context
-from api.schemas import ModelOut, ModelsOut
+from api.schemas import ActivatedModelOut, ModelsOut
 from core.models import ModelVersion
 from core.registry import activate, list_versions
 from worker.tasks import release_waiting_jobs
@@ -29,7 +29,7 @@ def list_models() -> dict[str, Any]:
 
 
 @bp.post("/models/<version>/activate")
-@bp.output(ModelOut)
+@bp.output(ActivatedModelOut)
 @bp.doc(responses={404: "No such version", 409: "Its artifact was pruned"})
 def activate_model(version: str) -> dict[str, Any]:
     """Make this version the active one (promote a candidate, or roll back)."""

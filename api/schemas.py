@@ -192,3 +192,8 @@ class LabelOut(Schema):
     label = String()
     labelled_by = String()
     labelled_at = DateTime()
+
+
+class ActivatedModelOut(ModelOut):
+    """ModelOut again under its own name: a class already nested in ModelsOut cannot also be
+    registered by APIFlask for a deeper path without apispec registering it twice."""
