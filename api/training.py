@@ -30,7 +30,9 @@ def start_training_run(json_data: dict[str, Any]) -> tuple[dict[str, Any], int, 
     context = api_context(current_app)
     params = TrainingParams.from_settings(context.settings, **json_data)
     with context.db.session() as session:
-        run, _ = request_run(session, params, "api")
+        run, _ = request_run(
+            session, params, "api", stale_after=context.settings.training_stale_after
+        )
         out = run_out(session, run)
     context.celery.tasks[train_model.name].delay(out["id"])
     return out, 202, {"Location": url_for("training.get_training_run", run_id=out["id"])}

@@ -78,7 +78,9 @@ def _bootstrap_training(settings: Settings) -> None:
                 return
             # With nothing to compare against and nothing serving, the first model goes live.
             params = TrainingParams.from_settings(settings, activate="always")
-            run, _ = request_run(session, params, "bootstrap")
+            run, _ = request_run(
+                session, params, "bootstrap", stale_after=settings.training_stale_after
+            )
             run_id = run.id
     except TrainingBusyError as exc:
         click.echo(f"pneumoscan: no active model; {exc.message}")
@@ -321,7 +323,7 @@ def train(ctx: click.Context, data: Path | None, activate: str, **options: Any) 
         )
         database = Database(settings.database_url)
         with database.session() as session:
-            run, _ = request_run(session, params, "cli")
+            run, _ = request_run(session, params, "cli", stale_after=settings.training_stale_after)
             run_id = run.id
     except DomainError as exc:
         raise click.ClickException(exc.message) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,6 +70,9 @@ class Settings(BaseSettings):
         "none", description="none, threshold (copy with pixels < 25 set to 0), standard, or both."
     )
     train_weights: str = Field("none", description="Backbone start: none, imagenet, or a file.")
+    training_stale_minutes: int = Field(
+        120, ge=1, description="A run silent this long lost its worker and stops blocking others."
+    )
     keep_inactive_models: int = Field(
         3, ge=0, description="Artifacts kept of versions that are not active."
     )
@@ -149,6 +153,10 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.home / "broker"
+
+    @property
+    def training_stale_after(self) -> timedelta:
+        return timedelta(minutes=self.training_stale_minutes)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -16,6 +17,7 @@ from core.labels import newest_label_time
 from core.models import ModelVersion, RunStatus, TrainingRun, utcnow
 
 ACTIVATION_POLICIES = ("if-better", "always", "never")
+DEFAULT_STALE_AFTER = timedelta(hours=2)
 ARCHITECTURES = ("inception_resnet_v2", "baseline_cnn")
 
 
@@ -66,12 +68,19 @@ class TrainingParams:
 
 
 def request_run(
-    session: Session, params: TrainingParams, trigger: str, trigger_key: str | None = None
+    session: Session,
+    params: TrainingParams,
+    trigger: str,
+    trigger_key: str | None = None,
+    *,
+    stale_after: timedelta = DEFAULT_STALE_AFTER,
 ) -> tuple[TrainingRun, bool]:
     """Create a queued run, or find the one made for `trigger_key`; (run, created).
 
-    Refused while another run is queued or running.
+    Refused while another run is queued or running, unless that one has been silent for
+    `stale_after` (its worker was lost): it is then recorded as failed and stops blocking.
     """
+    fail_stale_runs(session, stale_after)
     if trigger_key is not None:
         existing = session.scalar(select(TrainingRun).where(TrainingRun.trigger_key == trigger_key))
         if existing is not None:
@@ -97,7 +106,11 @@ def request_run(
 
 
 def request_scheduled_run(
-    session: Session, params: TrainingParams, trigger_key: str
+    session: Session,
+    params: TrainingParams,
+    trigger_key: str,
+    *,
+    stale_after: timedelta = DEFAULT_STALE_AFTER,
 ) -> tuple[TrainingRun, bool]:
     """The nightly trigger: a run when labels arrived since the last one, else a skipped record.
 
@@ -116,7 +129,7 @@ def request_scheduled_run(
             reason = f"no confirmed labels since run {last.id}"
             return _record_skip(session, params, trigger_key, reason), False
     try:
-        return request_run(session, params, "schedule", trigger_key)
+        return request_run(session, params, "schedule", trigger_key, stale_after=stale_after)
     except TrainingBusyError as exc:
         return _record_skip(session, params, trigger_key, exc.message), False
 
@@ -152,20 +165,45 @@ def start_run(session: Session, run_id: int) -> TrainingRun | None:
         return None
     # RUNNING here means its worker died mid-run and the broker redelivered it: start over.
     run.status, run.started_at, run.epoch, run.history = RunStatus.RUNNING, utcnow(), 0, []
+    run.heartbeat_at = run.started_at
     return run
 
 
 def record_epoch(session: Session, run_id: int, epoch: int, logs: dict[str, float]) -> None:
     run = session.get(TrainingRun, run_id, with_for_update=True)
     if run is not None:
-        run.epoch = epoch
+        run.epoch, run.heartbeat_at = epoch, utcnow()
         run.history = [*run.history, {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}]
 
 
+def fail_stale_runs(session: Session, stale_after: timedelta) -> list[int]:
+    """Record runs in progress but silent for `stale_after` as failed; returns their ids."""
+    cutoff = utcnow() - stale_after
+    last_sign = func.coalesce(TrainingRun.heartbeat_at, TrainingRun.created_at)
+    stale = list(
+        session.scalars(
+            select(TrainingRun.id).where(TrainingRun.in_progress.is_(True), last_sign < cutoff)
+        )
+    )
+    if stale:
+        minutes = int(stale_after.total_seconds() // 60)
+        finish_run_many(
+            session,
+            stale,
+            RunStatus.FAILED,
+            error=f"no sign of life for {minutes} minutes: its worker was lost or none is running",
+        )
+    return stale
+
+
 def finish_run(session: Session, run_id: int, status: RunStatus, **fields: Any) -> None:
+    finish_run_many(session, [run_id], status, **fields)
+
+
+def finish_run_many(session: Session, run_ids: list[int], status: RunStatus, **fields: Any) -> None:
     session.execute(
         update(TrainingRun)
-        .where(TrainingRun.id == run_id)
+        .where(TrainingRun.id.in_(run_ids))
         .values(status=status, in_progress=None, finished_at=utcnow(), **fields)
     )
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import keras
 import numpy as np
 
 from core.config import Settings
@@ -152,6 +153,11 @@ def run_training(
         with db.session() as session:
             finish_run(session, run_id, RunStatus.FAILED, error=error[:2000])
         return RunOutcome(run_id, RunStatus.FAILED, error=error)
+    except BaseException:
+        # Ctrl-C or a worker shutdown: record it, so the run does not block the next one.
+        with db.session() as session:
+            finish_run(session, run_id, RunStatus.FAILED, error="interrupted")
+        raise
 
 
 def _train_and_register(
@@ -233,7 +239,6 @@ def _fit(
     validation: Arrays,
     progress: Progress | None,
 ) -> tuple[Any, _RunRecorder]:
-    import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(SEED)
@@ -263,7 +268,6 @@ def _fit(
 
 
 def _augmenter(augment: str) -> Any:
-    import keras
     import tensorflow as tf
 
     if augment not in ("standard", "both"):
@@ -280,13 +284,7 @@ def _augmenter(augment: str) -> Any:
     return lambda x, y: (layers(tf.cast(x, tf.float32), training=True), y)
 
 
-def _recorder_base() -> Any:
-    import keras
-
-    return keras.callbacks.Callback
-
-
-class _RunRecorder(_recorder_base()):  # type: ignore[misc]
+class _RunRecorder(keras.callbacks.Callback):
     """Writes each epoch's metrics to the run, feeds the progress display, and keeps the
     weights of the epoch with the best validation AUROC, restored when training ends."""
 

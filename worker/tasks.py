@@ -88,7 +88,9 @@ def schedule_retraining(self: Task, force: bool = False) -> None:
         return
     key = f"schedule:{utcnow():%Y-%m-%dT%H:%M}"
     with context.db.session() as session:
-        run, created = request_scheduled_run(session, params, key)
+        run, created = request_scheduled_run(
+            session, params, key, stale_after=context.settings.training_stale_after
+        )
         run_id, status, reason = run.id, run.status, run.decision
     if created and status == RunStatus.QUEUED:
         train_model.delay(run_id)

@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("created_at", Timestamp, nullable=False),
         sa.Column("started_at", Timestamp, nullable=True),
+        sa.Column("heartbeat_at", Timestamp, nullable=True),
         sa.Column("finished_at", Timestamp, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_training_runs")),
         sa.UniqueConstraint("in_progress", name=op.f("uq_training_runs_in_progress")),

@@ -13,7 +13,12 @@ from core.db import Database
 from core.migrate import upgrade
 from core.models import Image, RunStatus, TrainingRun
 from core.storage import Storage
-from core.training_runs import TrainingParams, request_run, request_scheduled_run
+from core.training_runs import (
+    TrainingBusyError,
+    TrainingParams,
+    request_run,
+    request_scheduled_run,
+)
 from tests.images import jpeg_bytes
 from tests.stack import Stack
 from tests.support import WorkerProcess, wait_for, zip_bytes
@@ -452,3 +457,28 @@ def test_evaluate_prints_the_metrics_of_a_version_as_json(
         "confusion_matrix",
     ):
         assert key in report
+
+
+def test_a_run_whose_worker_was_lost_stops_blocking_after_the_stale_limit(
+    settings: Settings, small_reference: Path
+) -> None:
+    from datetime import timedelta
+
+    from core.models import utcnow
+
+    params = TrainingParams.from_settings(settings.model_copy(update={"data_dir": small_reference}))
+    db = Database(settings.database_url)
+    with db.session() as session:
+        lost, _ = request_run(session, params, "test")
+        lost.status, lost.heartbeat_at = RunStatus.RUNNING, utcnow() - timedelta(minutes=30)
+        lost_id = lost.id
+    with pytest.raises(TrainingBusyError), db.session() as session:
+        request_run(session, params, "test", stale_after=timedelta(hours=1))
+    with db.session() as session:
+        fresh, created = request_run(session, params, "test", stale_after=timedelta(minutes=10))
+        assert created
+        assert fresh.status == RunStatus.QUEUED
+        old = session.get(TrainingRun, lost_id)
+        assert old is not None
+        assert old.status == RunStatus.FAILED
+        assert "no sign of life for 10 minutes" in (old.error or "")
