@@ -67,7 +67,10 @@ class ActiveModelCache:
         except ArtifactIntegrityError as exc:
             raise ModelLoadError(str(exc)) from exc
         keras = _import_keras(self.settings)
-        network = keras.models.load_model(path, compile=False)
+        try:
+            network = keras.models.load_model(path, compile=False)
+        except Exception as exc:  # whatever Keras raises, the version cannot serve
+            raise ModelLoadError(f"model version {version.version} does not load: {exc}") from exc
         _check_classifier(network, version)
         self.loads += 1
         log.info("loaded model version %s in %.1f s", version.version, time.monotonic() - started)

@@ -88,3 +88,20 @@ def test_redelivered_score_batch_does_not_duplicate_results(
     after = stack.job(job_id)
     assert (after["scored"], after["errors"], after["status"]) == (first["scored"], 0, "completed")
     assert stack.results(job_id) == before
+
+
+def test_a_tampered_active_model_parks_the_job_until_a_usable_one_is_activated(
+    stack: Stack, baseline_model: Path
+) -> None:
+    broken = stack.import_model(baseline_model)
+    artifact = stack.settings.storage_dir / "models" / broken / "model.keras"
+    artifact.write_bytes(artifact.read_bytes()[:-10] + b"0123456789")  # sha256 no longer matches
+    stack.start_worker()
+    job_id = stack.submit_zip(zip_bytes([("a.jpeg", jpeg_bytes())]))["id"]
+    parked = wait_for(
+        lambda: (job := stack.job(job_id))["waiting_for_model"] and job, 60, "the job to be parked"
+    )
+    assert "fails its sha256" in parked["status_detail"]
+    good = stack.import_model(baseline_model)
+    done = stack.wait_finished(job_id)
+    assert (done["status"], done["scored"], done["model_versions"]) == ("completed", 1, [good])
