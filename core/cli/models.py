@@ -1,0 +1,237 @@
+"""Models: import, activate, list, new; training and evaluation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from core.cli.common import release_waiting_jobs, settings_of
+from core.errors import DomainError
+
+
+@click.group()
+def models() -> None:
+    """Model versions."""
+
+
+@models.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--activate", is_flag=True, help="Make it the active version at once.")
+@click.option("--architecture", default=None, help="Recorded with the version.")
+@click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.pass_context
+def models_import(
+    ctx: click.Context, path: Path, activate: bool, architecture: str | None, threshold: float
+) -> None:
+    """Register a saved .keras model as a new version."""
+    from core import registry
+    from core.db import Database
+    from core.storage import Storage
+
+    settings = settings_of(ctx)
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            row = registry.import_model(
+                session,
+                Storage(settings.storage_dir),
+                path,
+                architecture=architecture,
+                threshold=threshold,
+            )
+            if activate:
+                registry.activate(session, row.version)
+            version = row.version
+    except DomainError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"imported {path} as version {version}{' (active)' if activate else ''}")
+    if activate:
+        release_waiting_jobs(settings)
+
+
+@models.command("activate")
+@click.argument("version")
+@click.pass_context
+def models_activate(ctx: click.Context, version: str) -> None:
+    """Make VERSION the active model (promote or roll back)."""
+    from core import registry
+    from core.db import Database
+
+    settings = settings_of(ctx)
+    try:
+        with Database(settings.database_url).session() as session:
+            registry.activate(session, version)
+    except DomainError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"version {version} is active")
+    release_waiting_jobs(settings)
+
+
+@models.command("list")
+@click.pass_context
+def models_list(ctx: click.Context) -> None:
+    """Registered versions, newest first."""
+    from core import registry
+    from core.db import Database
+
+    with Database(settings_of(ctx).database_url).session() as session:
+        rows = registry.list_versions(session)
+        header = ("VERSION", "STATUS", "ARCHITECTURE", "SIZE", "THRESHOLD", "CREATED")
+        click.echo("{:<28} {:<10} {:<20} {:>4} {:>9}  {}".format(*header))
+        for row in rows:
+            click.echo(
+                f"{row.version:<28} {row.status:<10} {row.architecture or '-':<20} "
+                f"{row.input_size:>4} {row.threshold:>9.3f}  {row.created_at:%Y-%m-%d %H:%M}"
+            )
+
+
+@models.command("new")
+@click.option(
+    "--architecture",
+    default="inception_resnet_v2",
+    show_default=True,
+    type=click.Choice(["inception_resnet_v2", "baseline_cnn"]),
+)
+@click.option("--input-size", type=int, default=75, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def models_new(architecture: str, input_size: int, out: Path) -> None:
+    """Save an untrained model (random weights): enough to try the pipeline before training."""
+    from training.model import save_untrained
+
+    save_untrained(architecture, out, input_size)
+    click.echo(f"saved an untrained {architecture} to {out}")
+
+
+@click.command()
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Reference folder with NORMAL/ and PNEUMONIA/. Default: PNEUMOSCAN_DATA_DIR.",
+)
+@click.option("--architecture", type=click.Choice(["inception_resnet_v2", "baseline_cnn"]))
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--augment", type=click.Choice(["none", "threshold", "standard", "both"]))
+@click.option("--weights", help="none, imagenet, or a weights file for the backbone.")
+@click.option(
+    "--activate",
+    type=click.Choice(["if-better", "always", "never"]),
+    default="if-better",
+    show_default=True,
+)
+@click.pass_context
+def train(ctx: click.Context, data: Path | None, activate: str, **options: Any) -> None:
+    """Train a model (the same code path as the training task) and register it."""
+    from core.db import Database
+    from core.storage import Storage
+    from core.training_runs import TrainingParams, request_run
+    from training.train import run_training
+
+    settings = settings_of(ctx)
+    try:
+        params = TrainingParams.from_settings(
+            settings, data_dir=str(data.resolve()) if data else None, activate=activate, **options
+        )
+        database = Database(settings.database_url)
+        with database.session() as session:
+            run, _ = request_run(session, params, "cli", stale_after=settings.training_stale_after)
+            run_id = run.id
+    except DomainError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"training run {run_id}: {params.architecture}, {params.epochs} epochs", err=True)
+    progress = _TrainingProgress()
+    try:
+        outcome = run_training(database, Storage(settings.storage_dir), settings, run_id, progress)
+    finally:
+        progress.close()
+    if outcome.error:
+        raise click.ClickException(f"training run {run_id} failed: {outcome.error}")
+    click.echo(
+        f"training run {run_id}: version {outcome.version}, "
+        f"{'activated' if outcome.activated else 'not activated'} ({outcome.decision})",
+        err=True,
+    )
+    if outcome.activated:
+        release_waiting_jobs(settings)
+
+
+class _TrainingProgress:
+    """A progress bar over every training step, labelled with the epoch and its last loss."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.epoch, self.epochs, self.note = 1, 0, ""
+
+    def started(self, epochs: int, steps_per_epoch: int) -> None:
+        self.epochs = epochs
+        self.bar = click.progressbar(
+            length=epochs * steps_per_epoch,
+            label="training",
+            file=sys.stderr,
+            show_pos=True,
+            item_show_func=lambda _: f"epoch {self.epoch}/{self.epochs} {self.note}",
+        )
+        self.bar.__enter__()
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def epoch_done(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch = min(epoch + 1, self.epochs)
+        self.note = " ".join(
+            f"{key} {logs[key]:.3f}" for key in ("loss", "val_auroc") if key in logs
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@click.command()
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A labelled folder with NORMAL/ and PNEUMONIA/.",
+)
+@click.option("--model", "version", default=None, help="A model version; default: the active one.")
+@click.pass_context
+def evaluate(ctx: click.Context, data: Path, version: str | None) -> None:
+    """Print a model's metrics on a labelled folder, at its own threshold, as one JSON object."""
+    import json
+
+    from core import registry
+    from core.db import Database
+    from core.storage import Storage
+    from training.data import class_counts, load_arrays, read_labelled_folder
+    from training.evaluate import evaluate_version
+
+    settings = settings_of(ctx)
+    try:
+        with Database(settings.database_url).session() as session:
+            row = (
+                registry.get_version(session, version)
+                if version
+                else registry.active_version(session)
+            )
+    except DomainError as exc:
+        raise click.ClickException(exc.message) from exc
+    if row is None:
+        raise click.ClickException("no active model; name one with --model")
+    samples = read_labelled_folder(data)
+    arrays, unreadable = load_arrays(
+        samples, row.input_size, settings.decode_threads, settings.max_image_pixels
+    )
+    metrics = evaluate_version(Storage(settings.storage_dir), row, arrays)
+    report = {
+        "model_version": row.version,
+        "data": str(data),
+        "images": class_counts(samples),
+        "unreadable": unreadable,
+        **metrics,
+    }
+    click.echo(json.dumps(report, indent=2))

@@ -1,0 +1,90 @@
+"""The client: send a study, follow it with a progress bar, save the CSV."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from core.cli.common import settings_of
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results CSV here."
+)
+@click.option("--api-url", default=None, help="Default: PNEUMOSCAN_API_URL.")
+@click.option("--poll-seconds", type=float, default=1.0, show_default=True)
+@click.pass_context
+def submit(
+    ctx: click.Context,
+    path: Path,
+    wait: bool,
+    out: Path | None,
+    api_url: str | None,
+    poll_seconds: float,
+) -> None:
+    """Send a folder (zipped on the fly) or a zip to the API; optionally wait and save the CSV."""
+    from core.client import ApiClient, ClientError
+
+    client = ApiClient(api_url or settings_of(ctx).api_url)
+    try:
+        job = client.submit(path)
+        click.echo(f"job {job['id']} {job['status']}", err=True)
+        if wait or out:
+            job = _follow(client, job["id"], poll_seconds)
+        if out:
+            client.download_csv(job["id"], out)
+            click.echo(f"results written to {out}", err=True)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        client.close()
+    if job["status"] in ("failed", "cancelled"):
+        raise click.ClickException(f"job {job['id']} {job['status']}: {job.get('status_detail')}")
+
+
+class _ProgressDisplay:
+    """A progress bar once the job's size is known; status changes as lines before that."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.bar: Any = None
+        self.shown = 0
+        self.detail: str | None = None
+
+    def update(self, job: dict[str, Any]) -> None:
+        if job["total"] and self.bar is None:
+            self.bar = click.progressbar(
+                length=job["total"], label="scoring", file=sys.stderr, show_pos=True
+            )
+            self.bar.__enter__()
+        if self.bar is not None:
+            done = job["scored"] + job["errors"]
+            self.bar.update(done - self.shown)
+            self.shown = done
+        elif job.get("status_detail") and job["status_detail"] != self.detail:
+            self.detail = job["status_detail"]
+            click.echo(f"job {self.job_id} {job['status']}: {self.detail}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _follow(client: Any, job_id: str, poll_seconds: float) -> dict[str, Any]:
+    display = _ProgressDisplay(job_id)
+    try:
+        job: dict[str, Any] = client.wait(job_id, display.update, poll_seconds)
+    finally:
+        display.close()
+    click.echo(
+        f"job {job_id} {job['status']}: {job['scored']} scored, {job['errors']} errors, "
+        f"{job['rejected']} rejected",
+        err=True,
+    )
+    return job
