@@ -185,6 +185,9 @@ class _TrainingProgress:
         self.note = " ".join(
             f"{key} {logs[key]:.3f}" for key in ("loss", "val_auroc") if key in logs
         )
+        if not sys.stderr.isatty():
+            # Without a terminal the bar is not redrawn: say each epoch on its own line (logs).
+            click.echo(f"epoch {epoch}/{self.epochs} {self.note}", err=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -49,27 +49,35 @@ def submit(
 
 
 class _ProgressDisplay:
-    """A progress bar once the job's size is known; status changes as lines before that."""
+    """A progress bar once the job's size is known (a line per tenth without a terminal);
+    every change of the status detail, such as waiting for a model, as a line."""
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self.bar: Any = None
         self.shown = 0
         self.detail: str | None = None
+        self.interactive = sys.stderr.isatty()
 
     def update(self, job: dict[str, Any]) -> None:
-        if job["total"] and self.bar is None:
-            self.bar = click.progressbar(
-                length=job["total"], label="scoring", file=sys.stderr, show_pos=True
-            )
-            self.bar.__enter__()
-        if self.bar is not None:
-            done = job["scored"] + job["errors"]
+        detail = job.get("status_detail")
+        if detail and detail != self.detail:
+            self.detail = detail
+            click.echo(f"job {self.job_id} {job['status']}: {detail}", err=True)
+        total = job["total"]
+        if not total:
+            return
+        done = job["scored"] + job["errors"]
+        if self.interactive:
+            if self.bar is None:
+                self.bar = click.progressbar(
+                    length=total, label="scoring", file=sys.stderr, show_pos=True
+                )
+                self.bar.__enter__()
             self.bar.update(done - self.shown)
-            self.shown = done
-        elif job.get("status_detail") and job["status_detail"] != self.detail:
-            self.detail = job["status_detail"]
-            click.echo(f"job {self.job_id} {job['status']}: {self.detail}", err=True)
+        elif done * 10 // total > self.shown * 10 // total:
+            click.echo(f"scoring {done}/{total}", err=True)
+        self.shown = done
 
     def close(self) -> None:
         if self.bar is not None:

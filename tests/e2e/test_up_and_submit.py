@@ -20,6 +20,7 @@ def test_up_serves_submit_writes_one_row_per_image_and_ctrl_c_stops_everything(
     submitted = pneumoscan(env, "submit", str(shared_data / "origres"), "--wait", "--out", str(out))
     assert submitted.returncode == 0, submitted.stderr + log_path.read_text()[-3000:]
     assert "completed: 200 scored, 0 errors" in submitted.stderr
+    assert "scoring 200/200" in submitted.stderr  # progress, a line per tenth without a terminal
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 200

@@ -482,3 +482,46 @@ def test_a_run_whose_worker_was_lost_stops_blocking_after_the_stale_limit(
         assert old is not None
         assert old.status == RunStatus.FAILED
         assert "no sign of life for 10 minutes" in (old.error or "")
+
+
+def test_cli_train_shows_progress_registers_and_refuses_a_concurrent_run(
+    settings: Settings, small_reference: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.support import REPO, settings_env
+
+    command = [
+        sys.executable,
+        "-m",
+        "core.cli",
+        "train",
+        "--data",
+        str(small_reference),
+        "--architecture",
+        "baseline_cnn",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--activate",
+        "always",
+    ]
+    env = settings_env(settings)
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "training run 1: baseline_cnn, 2 epochs" in result.stderr
+    assert "epoch 2/2" in result.stderr  # the progress bar's label
+    assert "activated" in result.stderr
+    with Database(settings.database_url).session() as session:
+        assert registry.active_version(session) is not None
+        # A run queued elsewhere (say, by the API) blocks the command with a clear message.
+        request_run(
+            session, TrainingParams.from_settings(settings, data_dir=str(small_reference)), "api"
+        )
+    blocked = subprocess.run(
+        command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert blocked.returncode != 0
+    assert "training run 2 is already queued or running" in blocked.stderr
