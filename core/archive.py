@@ -93,13 +93,17 @@ def is_zip_file(path: Path) -> bool:
     return head in (ZIP_MAGIC, EMPTY_ZIP_MAGIC)
 
 
-class _Budget:
-    """Members and uncompressed bytes left for one job, shared across nested archives."""
+class ArchiveBudget:
+    """Members and uncompressed bytes of one job, shared across its (nested) archives."""
 
     def __init__(self, limits: ArchiveLimits) -> None:
         self.limits = limits
         self.members = 0
         self.bytes = 0
+        self.input_bytes = 0  # size of the archive files given to us (not of nested ones)
+
+    def count_input(self, archive: Path) -> None:
+        self.input_bytes += archive.stat().st_size
 
     def count_member(self) -> None:
         self.members += 1
@@ -111,6 +115,14 @@ class _Budget:
         if self.bytes > self.limits.max_total_bytes:
             limit_mb = self.limits.max_total_bytes // (1024 * 1024)
             raise ArchiveLimitError(f"more than {limit_mb} MB once uncompressed")
+        # Overlapping entries make many members out of the same compressed bytes: each
+        # member's ratio looks modest, the whole archive's does not.
+        ratio_limit = self.input_bytes * self.limits.max_ratio
+        if self.input_bytes and self.bytes > RATIO_GRACE_BYTES and self.bytes > ratio_limit:
+            raise ArchiveLimitError(
+                f"the archive expands to more than {self.limits.max_ratio} times its size "
+                "(overlapping entries or a zip bomb)"
+            )
 
 
 class _NameSource:
@@ -125,14 +137,21 @@ class _NameSource:
         return self.directory / f"{self.counter:06d}"
 
 
-def expand_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> Expansion:
-    """Extract `archive` into `dest`; one level of nested zip is followed, deeper is refused."""
+def expand_archive(
+    archive: Path, dest: Path, limits: ArchiveLimits, budget: ArchiveBudget | None = None
+) -> Expansion:
+    """Extract `archive` into `dest`; one level of nested zip is followed, deeper is refused.
+
+    Pass one `budget` for several archives of the same job so the limits hold for the job.
+    """
     dest.mkdir(parents=True, exist_ok=True)
-    return _expand(archive, "", _NameSource(dest), _Budget(limits), depth=0)
+    budget = budget or ArchiveBudget(limits)
+    budget.count_input(archive)
+    return _expand(archive, "", _NameSource(dest), budget, depth=0)
 
 
 def _expand(
-    archive: Path, prefix: str, names: _NameSource, budget: _Budget, depth: int
+    archive: Path, prefix: str, names: _NameSource, budget: ArchiveBudget, depth: int
 ) -> Expansion:
     try:
         with zipfile.ZipFile(archive) as bundle:
@@ -152,7 +171,7 @@ def _expand_member(
     info: zipfile.ZipInfo,
     prefix: str,
     names: _NameSource,
-    budget: _Budget,
+    budget: ArchiveBudget,
     depth: int,
 ) -> Expansion:
     if info.is_dir():
@@ -180,7 +199,7 @@ def _expand_member(
 
 
 def _expand_nested(
-    target: Path, relative: str, names: _NameSource, budget: _Budget, depth: int
+    target: Path, relative: str, names: _NameSource, budget: ArchiveBudget, depth: int
 ) -> Expansion:
     try:
         if depth >= 1:
@@ -212,7 +231,7 @@ class _MemberRefusedError(Exception):
 
 
 def _copy_member(
-    bundle: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _Budget
+    bundle: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: ArchiveBudget
 ) -> None:
     # Declared sizes lie in crafted archives: count what decompression actually yields.
     ratio_limit = max(info.compress_size, 1) * budget.limits.max_ratio
@@ -221,7 +240,7 @@ def _copy_member(
         with bundle.open(info) as source, target.open("wb") as sink:
             while chunk := source.read(COPY_CHUNK):
                 written += len(chunk)
-                budget.count_bytes(len(chunk))
+                budget.count_bytes(len(chunk))  # every byte decompressed counts, refused or not
                 if written > RATIO_GRACE_BYTES and written > ratio_limit:
                     raise _MemberRefusedError(
                         f"compression ratio above {budget.limits.max_ratio}:1 (zip bomb?)"
@@ -236,7 +255,7 @@ def collect_folder(
 ) -> Expansion:
     """Files under `folder` in place; zips among them expanded into `archives_dest`."""
     expansion = Expansion()
-    budget = _Budget(limits)
+    budget = ArchiveBudget(limits)
     names = _NameSource(archives_dest)
     for path, relative in _walk(folder):
         budget.count_member()
@@ -254,8 +273,9 @@ def collect_folder(
 
 
 def _expand_nested_in_folder(
-    path: Path, relative: str, names: _NameSource, budget: _Budget
+    path: Path, relative: str, names: _NameSource, budget: ArchiveBudget
 ) -> Expansion:
+    budget.count_input(path)
     try:
         return _expand(path, relative + "/", names, budget, depth=1)
     except ArchiveLimitError:

@@ -64,6 +64,13 @@ def load_model_input(path: Path, size: int, max_pixels: int) -> np.ndarray:
         raise ImageDecodeError("not a readable image") from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"could not decode image: {exc}") from exc
+    except Exception as exc:  # a decoder bug on crafted bytes must not fail the whole batch
+        raise ImageDecodeError(f"could not decode image: {type(exc).__name__}: {exc}") from exc
+
+
+def configure_pillow(max_pixels: int) -> None:
+    """Pillow's own decompression-bomb limit, per process: it raises above twice this."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _to_grayscale(image: Image.Image) -> Image.Image:

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import insert
 
 from core.archive import (
+    ArchiveBudget,
     ArchiveError,
     ArchiveLimits,
     Candidate,
@@ -88,13 +89,14 @@ def _expand_received(
 ) -> Expansion:
     received = storage.job_dir(job_id) / "received"
     expansion = Expansion()
+    budget = ArchiveBudget(limits)
     for entry in json.loads((received / MANIFEST).read_text()):
         path, relative = received / entry["file"], entry["relative_path"]
         if is_ignored(relative):
             continue
         if is_zip_file(path):
             try:
-                nested = expand_archive(path, files_dir / entry["file"], limits)
+                nested = expand_archive(path, files_dir / entry["file"], limits, budget)
             except ArchiveError as exc:
                 expansion.rejected.append(Rejection(relative, f"archive refused: {exc}"))
                 continue

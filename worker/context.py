@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from core.config import Settings
 from core.db import Database
+from core.imaging import configure_pillow
 from core.storage import Storage
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ class WorkerContext:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.storage = Storage(settings.storage_dir)
+        configure_pillow(settings.max_image_pixels)
         self._pid: int | None = None
         self._db: Database | None = None
         self._models: ActiveModelCache | None = None

@@ -1,5 +1,6 @@
 """Archive expansion: paths and sizes are checked, nothing lands outside the job folder."""
 
+import random
 import stat
 import zipfile
 from pathlib import Path
@@ -121,14 +122,25 @@ def test_total_size_is_counted_on_bytes_actually_read(tmp_path: Path) -> None:
         expand_archive(archive, tmp_path / "files", ArchiveLimits(100, 2 * 1024 * 1024, 10_000))
 
 
-def test_highly_compressed_member_is_rejected_as_a_bomb(tmp_path: Path) -> None:
+def test_highly_compressed_member_is_rejected_as_a_bomb_and_the_rest_kept(tmp_path: Path) -> None:
+    incompressible = random.Random(1).randbytes(3 * 1024 * 1024)
+    archive = write_zip(
+        tmp_path / "a.zip",
+        [("bomb.jpeg", bytes(8 * 1024 * 1024)), ("scan.jpeg", incompressible)],
+        zipfile.ZIP_DEFLATED,
+    )
+    expansion = expand_archive(archive, tmp_path / "files", LIMITS)
+    assert [c.relative_path for c in expansion.candidates] == ["scan.jpeg"]
+    assert "compression ratio" in expansion.rejected[0].reason
+    assert [p.name for p in (tmp_path / "files").iterdir()] == ["000002"]
+
+
+def test_a_small_archive_expanding_hugely_is_refused_whole(tmp_path: Path) -> None:
     archive = write_zip(
         tmp_path / "a.zip", [("bomb.jpeg", bytes(8 * 1024 * 1024))], zipfile.ZIP_DEFLATED
     )
-    expansion = expand_archive(archive, tmp_path / "files", LIMITS)
-    assert expansion.candidates == []
-    assert "compression ratio" in expansion.rejected[0].reason
-    assert not list((tmp_path / "files").iterdir())
+    with pytest.raises(ArchiveError, match="expands to more than 100 times its size"):
+        expand_archive(archive, tmp_path / "files", LIMITS)
 
 
 @pytest.mark.parametrize(
