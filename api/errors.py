@@ -26,16 +26,16 @@ def api_error(status: int, message: str, code: str | None = None) -> HTTPError:
 
 
 def init_app(app: APIFlask) -> None:
-    app.error_processor(_render)
+    app.error_processor(render_error)
     app.register_error_handler(DomainError, _from_domain_error)
 
 
 def _from_domain_error(error: DomainError) -> ResponseReturnValue:
     status = next((s for cls, s in STATUS_OF.items() if isinstance(error, cls)), 400)
-    return _render(api_error(status, error.message, error.code))
+    return render_error(api_error(status, error.message, error.code))
 
 
-def _render(error: HTTPError) -> Any:
+def render_error(error: HTTPError) -> Any:
     if error.status_code >= 500:
         log.error("request failed with %s: %s", error.status_code, error.message)
     extra = error.extra_data or {}

@@ -15,6 +15,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from marshmallow import ValidationError
 from werkzeug.datastructures import FileStorage
 
+from api.auth import READ, SUBMIT, auth, caller
 from api.context import ApiContext, api_context
 from api.errors import api_error
 from api.openapi import RequestBodiesPlugin
@@ -75,6 +76,7 @@ def init_app(app: APIFlask, bodies: RequestBodiesPlugin) -> None:
 
 
 @bp.post("/jobs")
+@bp.auth_required(auth, roles=SUBMIT)
 @bp.output(JobOut, status_code=202, description="The job, queued")
 @bp.doc(
     responses={
@@ -92,7 +94,7 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     try:
         kind, source_name = _store_source(context, job_id)
         with context.db.session() as session:
-            job = create_job(session, kind, source_name, job_id)
+            job = create_job(session, kind, source_name, job_id, owner=caller().name)
     except BaseException:
         context.storage.remove_job(job_id)
         raise
@@ -161,6 +163,7 @@ def _enqueue_ingest(context: ApiContext, job: Job) -> None:
 
 
 @bp.get("/jobs")
+@bp.auth_required(auth, roles=READ)
 @bp.input(JobsQuery, location="query")
 @bp.output(JobsPageOut)
 def list_job_statuses(query_data: dict[str, Any]) -> dict[str, Any]:
@@ -168,58 +171,70 @@ def list_job_statuses(query_data: dict[str, Any]) -> dict[str, Any]:
     context = api_context(current_app)
     with context.db.session() as session:
         page = list_jobs(
-            session, query_data["page"], query_data["per_page"], query_data.get("status")
+            session,
+            query_data["page"],
+            query_data["per_page"],
+            query_data.get("status"),
+            owner=caller().owner_filter,
         )
     return {"items": [_job_out(job) for job in page.items], "pagination": pagination(page)}
 
 
 @bp.get("/jobs/<job_id>")
+@bp.auth_required(auth, roles=READ)
 @bp.output(JobOut)
 @bp.doc(responses={404: "No such job"})
 def get_job_status(job_id: str) -> dict[str, Any]:
     """Status, counts, progress, model versions and timestamps of one job."""
     with api_context(current_app).db.session() as session:
-        return _job_out(get_job(session, job_id))
+        return _job_out(get_job(session, job_id, caller().owner_filter))
 
 
 @bp.post("/jobs/<job_id>/cancel")
+@bp.auth_required(auth, roles=SUBMIT)
 @bp.output(JobOut)
 @bp.doc(responses={404: "No such job", 409: "Already finished"})
 def cancel(job_id: str) -> dict[str, Any]:
     """Stop a job; results already written stay."""
     with api_context(current_app).db.session() as session:
-        return _job_out(cancel_job(session, job_id))
+        return _job_out(cancel_job(session, job_id, caller().owner_filter))
 
 
 @bp.get("/jobs/<job_id>/rejected")
+@bp.auth_required(auth, roles=READ)
 @bp.output(RejectedListOut)
 @bp.doc(responses={404: "No such job"})
 def rejected(job_id: str) -> dict[str, Any]:
     """Entries of the upload that were not scored as images, with the reason."""
     with api_context(current_app).db.session() as session:
         return {
-            "items": [{"path": r.path, "reason": r.reason} for r in list_rejected(session, job_id)]
+            "items": [
+                {"path": r.path, "reason": r.reason}
+                for r in list_rejected(session, job_id, caller().owner_filter)
+            ]
         }
 
 
 @bp.get("/jobs/<job_id>/results")
+@bp.auth_required(auth, roles=READ)
 @bp.input(ResultsQuery, location="query")
 @bp.output(ResultsPageOut)
 @bp.doc(responses=RESULTS_RESPONSES)
 def results(job_id: str, query_data: dict[str, Any]) -> Any:
     """A page of results as JSON, or every result as CSV with `?format=csv`."""
     context = api_context(current_app)
+    owner = caller().owner_filter
     if query_data["format"] == "csv":
         with context.db.session() as session:
-            get_job(session, job_id)  # 404 before the streaming starts
+            get_job(session, job_id, owner)  # 404 before the streaming starts
         return Response(
-            stream_with_context(_csv_lines(context, job_id)),
+            stream_with_context(_csv_lines(context, job_id, owner)),
             mimetype="text/csv",
             headers={"Content-Disposition": f'attachment; filename="pneumoscan-{job_id}.csv"'},
         )
     with context.db.session() as session:
-        job = get_job(session, job_id)
-        page = results_page(session, job_id, query_data["page"], query_data["per_page"])
+        job = get_job(session, job_id, owner)
+        page = results_page(session, job_id, query_data["page"], query_data["per_page"], owner)
         status = job.status
     return {
         "job_id": job_id,
@@ -229,12 +244,12 @@ def results(job_id: str, query_data: dict[str, Any]) -> Any:
     }
 
 
-def _csv_lines(context: ApiContext, job_id: str) -> Iterator[str]:
+def _csv_lines(context: ApiContext, job_id: str, owner: str | None) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     with context.db.session() as session:
-        for row in iter_results(session, job_id):
+        for row in iter_results(session, job_id, owner):
             writer.writerow(
                 ["" if getattr(row, c) is None else getattr(row, c) for c in CSV_COLUMNS]
             )

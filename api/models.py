@@ -7,6 +7,7 @@ from typing import Any
 from apiflask import APIBlueprint, APIFlask
 from flask import current_app
 
+from api.auth import ADMIN, READ, auth
 from api.context import api_context
 from api.schemas import ActivatedModelOut, ModelsOut
 from core.models import ModelVersion
@@ -21,6 +22,7 @@ def init_app(app: APIFlask) -> None:
 
 
 @bp.get("/models")
+@bp.auth_required(auth, roles=READ)
 @bp.output(ModelsOut)
 def list_models() -> dict[str, Any]:
     """Every version, newest first, with metrics, threshold, status and training run."""
@@ -29,6 +31,7 @@ def list_models() -> dict[str, Any]:
 
 
 @bp.post("/models/<version>/activate")
+@bp.auth_required(auth, roles=ADMIN)
 @bp.output(ActivatedModelOut)
 @bp.doc(responses={404: "No such version", 409: "Its artifact was pruned"})
 def activate_model(version: str) -> dict[str, Any]:

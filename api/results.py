@@ -7,6 +7,7 @@ from typing import Any
 from apiflask import APIBlueprint, APIFlask
 from flask import current_app
 
+from api.auth import SUBMIT, auth, caller
 from api.context import api_context
 from api.schemas import LabelIn, LabelOut
 from core.labels import set_label
@@ -19,13 +20,18 @@ def init_app(app: APIFlask) -> None:
 
 
 @bp.put("/results/<int:result_id>/label")
+@bp.auth_required(auth, roles=SUBMIT)
 @bp.input(LabelIn, location="json")
 @bp.output(LabelOut)
 @bp.doc(responses={404: "No such result", 409: "The image was never scored"})
 def put_label(result_id: int, json_data: dict[str, Any]) -> dict[str, Any]:
-    """Confirm a label; a later label replaces an earlier one. It feeds the next training run."""
+    """Confirm a label (recorded with the key's name); a later label replaces an earlier one.
+
+    It feeds the next training run.
+    """
     with api_context(current_app).db.session() as session:
-        label = set_label(session, result_id, json_data["label"], json_data["labelled_by"])
+        who = caller()
+        label = set_label(session, result_id, json_data["label"], who.name, who.owner_filter)
         return {
             "result_id": result_id,
             "label": label.label,

@@ -184,7 +184,6 @@ class ModelsOut(Schema):
 
 class LabelIn(Schema):
     label = String(required=True, validate=OneOf(["NORMAL", "PNEUMONIA"]))
-    labelled_by = String(required=True, validate=Length(min=1, max=200))
 
 
 class LabelOut(Schema):

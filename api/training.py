@@ -7,6 +7,7 @@ from typing import Any
 from apiflask import APIBlueprint, APIFlask
 from flask import current_app, url_for
 
+from api.auth import ADMIN, READ, auth, caller
 from api.context import api_context
 from api.pagination import pagination
 from api.schemas import PageQuery, TrainingRunIn, TrainingRunOut, TrainingRunsPageOut
@@ -22,6 +23,7 @@ def init_app(app: APIFlask) -> None:
 
 
 @bp.post("/training-runs")
+@bp.auth_required(auth, roles=ADMIN)
 @bp.input(TrainingRunIn, location="json")
 @bp.output(TrainingRunOut, status_code=202, description="The run, queued")
 @bp.doc(responses={400: "Bad parameters or no reference data", 409: "A run is in progress"})
@@ -33,12 +35,14 @@ def start_training_run(json_data: dict[str, Any]) -> tuple[dict[str, Any], int, 
         run, _ = request_run(
             session, params, "api", stale_after=context.settings.training_stale_after
         )
+        run.requested_by = caller().name
         out = run_out(session, run)
     context.celery.tasks[train_model.name].delay(out["id"])
     return out, 202, {"Location": url_for("training.get_training_run", run_id=out["id"])}
 
 
 @bp.get("/training-runs")
+@bp.auth_required(auth, roles=READ)
 @bp.input(PageQuery, location="query")
 @bp.output(TrainingRunsPageOut)
 def list_training_runs(query_data: dict[str, Any]) -> dict[str, Any]:
@@ -52,6 +56,7 @@ def list_training_runs(query_data: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.get("/training-runs/<int:run_id>")
+@bp.auth_required(auth, roles=READ)
 @bp.output(TrainingRunOut)
 @bp.doc(responses={404: "No such run"})
 def get_training_run(run_id: int) -> dict[str, Any]:

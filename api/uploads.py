@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -12,8 +13,7 @@ from flask import Request, current_app
 from werkzeug.datastructures import FileStorage
 
 from api.context import api_context
-
-INCOMING = ".incoming"
+from core.recovery import INCOMING
 
 
 class StreamingUploadRequest(Request):
@@ -31,7 +31,10 @@ class StreamingUploadRequest(Request):
     ) -> IO[bytes]:
         incoming = api_context(current_app).storage.root / "uploads" / INCOMING
         incoming.mkdir(parents=True, exist_ok=True)
-        return tempfile.NamedTemporaryFile(dir=incoming, prefix="upload-")
+        stream = tempfile.NamedTemporaryFile(dir=incoming, prefix="upload-")  # noqa: SIM115
+        # Held while this process lives: the sweep deletes only files nobody holds.
+        fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return stream
 
 
 def persist(upload: FileStorage, target: Path) -> None:

@@ -33,8 +33,9 @@ def zip_folder(folder: Path, target: Path) -> int:
 
 
 class ApiClient:
-    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+    def __init__(self, base_url: str, api_key: str = "", timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()

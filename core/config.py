@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     training_stale_minutes: int = Field(
         120, ge=1, description="A run silent this long lost its worker and stops blocking others."
     )
+    stall_seconds: int = Field(
+        600, ge=1, description="A job with no progress for this long gets its work sent again."
+    )
+    max_batch_attempts: int = Field(
+        3, ge=1, description="Starts of a batch before it is split (its worker keeps dying)."
+    )
     keep_inactive_models: int = Field(
         3, ge=0, description="Artifacts kept of versions that are not active."
     )
@@ -80,6 +86,7 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535)
     api_workers: int = Field(2, ge=1)
     api_url: str = Field("", description="Where the submit client finds the API.")
+    api_key: str = Field("", description="The API key `pneumoscan submit` sends.")
     log_level: str = "INFO"
 
     @field_validator("import_roots", mode="before")
@@ -153,6 +160,10 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.home / "broker"
+
+    @property
+    def stall_after(self) -> timedelta:
+        return timedelta(seconds=self.stall_seconds)
 
     @property
     def training_stale_after(self) -> timedelta:

@@ -26,6 +26,7 @@ from core.db import Database
 from core.imaging import DICOM, sniff_file
 from core.jobs import MANIFEST, WAITING_FOR_MODEL, get_job
 from core.models import Image, Job, JobStatus, RejectedEntry, SourceKind, utcnow
+from core.recovery import claim_ingest
 from core.registry import active_version
 from core.storage import Storage, sha256_of
 
@@ -57,6 +58,10 @@ def ingest_job(db: Database, storage: Storage, settings: Settings, job_id: str) 
             # Already ingested (a redelivered message): scoring is released by the caller.
             return IngestOutcome(job_id, job.total or 0, job.status == JobStatus.RUNNING)
         kind, source_name = job.source_kind, job.source_name
+    with db.session() as session:
+        if not claim_ingest(session, job_id, settings.stall_after):
+            # Another delivery is expanding this job right now; it will finish the work.
+            return IngestOutcome(job_id, 0, False)
     # Files are expanded outside any transaction so the database is not held meanwhile.
     files_dir = storage.job_files_dir(job_id)
     shutil.rmtree(files_dir, ignore_errors=True)  # leftovers of an attempt that crashed

@@ -47,22 +47,31 @@ class Page:
     per_page: int
 
 
-def create_job(session: Session, kind: SourceKind, source_name: str, job_id: str) -> Job:
-    job = Job(id=job_id, source_kind=kind, source_name=source_name, status=JobStatus.QUEUED)
+def create_job(
+    session: Session, kind: SourceKind, source_name: str, job_id: str, owner: str | None = None
+) -> Job:
+    job = Job(
+        id=job_id, source_kind=kind, source_name=source_name, status=JobStatus.QUEUED, owner=owner
+    )
     session.add(job)
     session.flush()
     return job
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
+def get_job(session: Session, job_id: str, owner: str | None = None, lock: bool = False) -> Job:
+    """The job, if `owner` (when given) owns it; another owner's job is "not found"."""
+    job = session.get(Job, job_id, with_for_update=lock)
+    if job is None or (owner is not None and job.owner != owner):
         raise JobNotFoundError(f"no job {job_id}")
     return job
 
 
-def list_jobs(session: Session, page: int, per_page: int, status: str | None = None) -> Page:
+def list_jobs(
+    session: Session, page: int, per_page: int, status: str | None = None, owner: str | None = None
+) -> Page:
     query = select(Job)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
     if status:
         query = query.where(Job.status == status)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
@@ -72,8 +81,8 @@ def list_jobs(session: Session, page: int, per_page: int, status: str | None = N
     return Page(list(rows), total, page, per_page)
 
 
-def list_rejected(session: Session, job_id: str) -> list[RejectedEntry]:
-    get_job(session, job_id)
+def list_rejected(session: Session, job_id: str, owner: str | None = None) -> list[RejectedEntry]:
+    get_job(session, job_id, owner)
     return list(
         session.scalars(
             select(RejectedEntry).where(RejectedEntry.job_id == job_id).order_by(RejectedEntry.id)
@@ -81,11 +90,9 @@ def list_rejected(session: Session, job_id: str) -> list[RejectedEntry]:
     )
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
+def cancel_job(session: Session, job_id: str, owner: str | None = None) -> Job:
     """Stop a job: batches not yet scored are skipped; what was scored stays."""
-    job = session.get(Job, job_id, with_for_update=True)
-    if job is None:
-        raise JobNotFoundError(f"no job {job_id}")
+    job = get_job(session, job_id, owner, lock=True)
     if job.status in FINISHED_STATUSES:
         raise JobFinishedError(f"job {job_id} is already {job.status}")
     job.status = JobStatus.CANCELLED

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.errors import ConflictError, InvalidInputError, NotFoundError
-from core.models import Image, Label, utcnow
+from core.models import Image, Job, Label, utcnow
 from core.results import NORMAL, PNEUMONIA
 
 LABELS = (NORMAL, PNEUMONIA)
@@ -26,14 +26,20 @@ class LabelledImage:
     labelled_at: datetime
 
 
-def set_label(session: Session, image_id: int, label: str, labelled_by: str) -> Label:
-    """Record `label` for a scored image, replacing any earlier label."""
+def set_label(
+    session: Session, image_id: int, label: str, labelled_by: str, owner: str | None = None
+) -> Label:
+    """Record `label` for a scored image, replacing any earlier label.
+
+    With `owner`, only results of that owner's jobs can be labelled.
+    """
     if label not in LABELS:
         raise InvalidInputError(f"label must be one of {', '.join(LABELS)}")
     if not labelled_by.strip():
         raise InvalidInputError("say who confirmed the label")
     image = session.get(Image, image_id)
-    if image is None:
+    job = session.get(Job, image.job_id) if image is not None else None
+    if image is None or job is None or (owner is not None and job.owner != owner):
         raise NotFoundError(f"no result {image_id}")
     if image.error is not None or image.scored_at is None:
         raise ConflictError(

@@ -177,14 +177,18 @@ def _results_query(job_id: str):  # type: ignore[no-untyped-def]
     )
 
 
-def results_page(session: Session, job_id: str, page: int, per_page: int) -> Page:
-    job = get_job(session, job_id)
+def results_page(
+    session: Session, job_id: str, page: int, per_page: int, owner: str | None = None
+) -> Page:
+    job = get_job(session, job_id, owner)
     rows = session.execute(_results_query(job_id).offset((page - 1) * per_page).limit(per_page))
     return Page([ResultRow(*row) for row in rows], job.total or 0, page, per_page)
 
 
-def iter_results(session: Session, job_id: str, chunk: int = 1000) -> Iterator[ResultRow]:
+def iter_results(
+    session: Session, job_id: str, owner: str | None = None, chunk: int = 1000
+) -> Iterator[ResultRow]:
     """All results of a job, streamed from the database in chunks."""
-    get_job(session, job_id)
+    get_job(session, job_id, owner)
     for row in session.execute(_results_query(job_id).execution_options(yield_per=chunk)):
         yield ResultRow(*row)

@@ -10,7 +10,7 @@ from core import registry
 from core.config import Settings
 from core.db import Database
 from core.storage import Storage
-from tests.support import WorkerProcess, wait_for
+from tests.support import WorkerProcess, api_client, wait_for
 from worker.tasks import release_waiting_jobs
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -21,7 +21,7 @@ class Stack:
         self.settings = settings
         self.tmp_path = tmp_path
         self.app = create_app(settings)
-        self.client = self.app.test_client()
+        self.client = api_client(self.app)
         self.db = Database(settings.database_url)
         self.worker: WorkerProcess | None = None
 

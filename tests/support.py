@@ -94,3 +94,14 @@ def zip_folder_bytes(folder: Path) -> bytes:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     )
+
+
+def api_client(app: Any, scope: str = "admin", name: str = "tests") -> Any:
+    """A Flask test client sending a fresh API key of `scope` on every request."""
+    from core.keys import create_key
+
+    with app.extensions["pneumoscan"].db.session() as session:
+        _, secret = create_key(session, name, scope)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
+    return client

@@ -8,6 +8,7 @@ child killed by Celery's start-up timeout.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from core.imaging import ImageDecodeError, load_model_input
 from core.inference import predict_padded
 from core.jobs import park_job_for_model
 from core.models import ModelVersion
+from core.recovery import count_attempt, forget_attempts
 from core.registry import ArtifactIntegrityError, active_version, verified_artifact
 from core.results import ImageResult, ImageToScore, images_to_score, record_results
 from core.storage import Storage
@@ -103,22 +105,64 @@ def _check_classifier(network: Any, version: ModelVersion) -> None:
         )
 
 
-def score_images(context: WorkerContext, job_id: str, image_ids: Sequence[int]) -> int:
-    """Score the images of one batch that still need it; returns how many results were new."""
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What a batch did: results newly written, or halves to send again as their own batches."""
+
+    new: int = 0
+    split: tuple[list[int], ...] = ()
+
+
+GAVE_UP = "the worker stopped {times} times while scoring this image, so it was not scored"
+
+
+def score_images(context: WorkerContext, job_id: str, image_ids: Sequence[int]) -> BatchOutcome:
+    """Score the images of one batch that still need it."""
     with context.db.session() as session:
         todo = images_to_score(session, job_id, image_ids)
         model = active_version(session) if todo else None
         if todo and model is None:
             park_job_for_model(session, job_id)
+        # Committed before the work starts, so a start that kills the worker still counts.
+        attempt = count_attempt(session, job_id, image_ids) if todo and model else 0
     if not todo or model is None:
         log.info(
             "job %s batch of %d: nothing to score (already recorded, or the job stopped)",
             job_id,
             len(image_ids),
         )
-        return 0
+        return BatchOutcome()
+    if attempt > context.settings.max_batch_attempts:
+        return _split_or_give_up(context, job_id, image_ids, todo, model, attempt)
+    loaded = _load_or_park(context, job_id, model)
+    if loaded is None:
+        return BatchOutcome()
+    log.info(
+        "job %s: scoring %d images, ids %d..%d (attempt %d, process %d)",
+        job_id,
+        len(todo),
+        todo[0].image_id,
+        todo[-1].image_id,
+        attempt,
+        os.getpid(),
+    )
+    results = predict_images(loaded, todo, context.storage, context.decode_pool, context.settings)
+    with context.db.session() as session:
+        new = record_results(session, job_id, results, model)
+        forget_attempts(session, job_id, image_ids)
+    log.info(
+        "job %s batch of %d: %d new results, %d already recorded",
+        job_id,
+        len(image_ids),
+        new,
+        len(results) - new,
+    )
+    return BatchOutcome(new)
+
+
+def _load_or_park(context: WorkerContext, job_id: str, model: ModelVersion) -> LoadedModel | None:
     try:
-        loaded = context.models.get(model)
+        return context.models.get(model)
     except ModelLoadError as exc:
         log.error("job %s parked: %s", job_id, exc)
         with context.db.session() as session:
@@ -127,18 +171,34 @@ def score_images(context: WorkerContext, job_id: str, image_ids: Sequence[int]) 
                 job_id,
                 f"the active model cannot be used ({exc}); activate another version",
             )
-        return 0
-    results = predict_images(loaded, todo, context.storage, context.decode_pool, context.settings)
+        return None
+
+
+def _split_or_give_up(
+    context: WorkerContext,
+    job_id: str,
+    image_ids: Sequence[int],
+    todo: Sequence[ImageToScore],
+    model: ModelVersion,
+    attempt: int,
+) -> BatchOutcome:
+    """A batch that keeps killing its worker: halve it until one image is left, then record
+    that image as an error, so one poison image never blocks the others forever."""
+    ids = [image.image_id for image in todo]
     with context.db.session() as session:
-        new = record_results(session, job_id, results, model)
-    log.info(
-        "job %s batch of %d: %d new results, %d already recorded",
-        job_id,
-        len(image_ids),
-        new,
-        len(results) - new,
-    )
-    return new
+        forget_attempts(session, job_id, image_ids)
+        if len(ids) > 1:
+            log.warning(
+                "job %s: a batch of %d was started %d times without finishing; splitting it",
+                job_id,
+                len(ids),
+                attempt - 1,
+            )
+            return BatchOutcome(split=(ids[: len(ids) // 2], ids[len(ids) // 2 :]))
+        error = GAVE_UP.format(times=attempt - 1)
+        new = record_results(session, job_id, [ImageResult(ids[0], error=error)], model)
+    log.error("job %s image %d: %s", job_id, ids[0], error)
+    return BatchOutcome(new)
 
 
 def predict_images(

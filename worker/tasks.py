@@ -38,7 +38,9 @@ def score_batch(self: Task, job_id: str, image_ids: list[int]) -> None:
     """Score one model batch of a job's images and record the results."""
     from worker.scoring import score_images
 
-    score_images(context_of(self.app), job_id, image_ids)
+    outcome = score_images(context_of(self.app), job_id, image_ids)
+    for part in outcome.split:
+        score_batch.delay(job_id, part)
 
 
 @shared_task(bind=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from core.cli import models, service, submit
+from core.cli import keys, models, service, submit
 from core.config import load_settings
 
 
@@ -33,5 +33,6 @@ for command in (
     models.train,
     models.evaluate,
     submit.submit,
+    keys.keys,
 ):
     main.add_command(command)

@@ -21,6 +21,7 @@ def up(ctx: click.Context) -> None:
     settings = settings_of(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
+    _first_admin_key(settings)
     _bootstrap_training(settings)
     me = [sys.executable, "-m", "core.cli"]
     click.echo(f"pneumoscan: serving on {settings.api_url} (database {settings.database_url})")
@@ -37,6 +38,26 @@ def up(ctx: click.Context) -> None:
         }
     ).run()
     sys.exit(code)
+
+
+def _first_admin_key(settings: Settings) -> None:
+    """On the very first start, an admin key, printed once: every /v1 call needs a key."""
+    from core.db import Database
+    from core.keys import any_keys, create_key
+
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            if any_keys(session):
+                return
+            _, secret = create_key(session, "admin", "admin")
+    finally:
+        database.dispose()
+    click.echo(
+        "pneumoscan: first start, created an admin API key. It is shown only now; keep it:\n"
+        f"    export PNEUMOSCAN_API_KEY={secret}\n"
+        "pneumoscan: more keys: pneumoscan keys create --name NAME --scope read|submit|admin"
+    )
 
 
 def _bootstrap_training(settings: Settings) -> None:

@@ -18,6 +18,7 @@ from core.cli.common import settings_of
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results CSV here."
 )
 @click.option("--api-url", default=None, help="Default: PNEUMOSCAN_API_URL.")
+@click.option("--api-key", default=None, help="Default: PNEUMOSCAN_API_KEY.")
 @click.option("--poll-seconds", type=float, default=1.0, show_default=True)
 @click.pass_context
 def submit(
@@ -26,12 +27,14 @@ def submit(
     wait: bool,
     out: Path | None,
     api_url: str | None,
+    api_key: str | None,
     poll_seconds: float,
 ) -> None:
     """Send a folder (zipped on the fly) or a zip to the API; optionally wait and save the CSV."""
     from core.client import ApiClient, ClientError
 
-    client = ApiClient(api_url or settings_of(ctx).api_url)
+    settings = settings_of(ctx)
+    client = ApiClient(api_url or settings.api_url, api_key or settings.api_key)
     try:
         job = client.submit(path)
         click.echo(f"job {job['id']} {job['status']}", err=True)

@@ -1,8 +1,10 @@
 """The tables, grouped by module; import them from here."""
 
+from core.models.api_keys import ApiKey
 from core.models.base import Base, utcnow
 from core.models.jobs import (
     FINISHED_STATUSES,
+    BatchAttempt,
     Image,
     Job,
     JobStatus,
@@ -14,7 +16,9 @@ from core.models.training import Label, RunStatus, TrainingRun
 
 __all__ = [
     "FINISHED_STATUSES",
+    "ApiKey",
     "Base",
+    "BatchAttempt",
     "Image",
     "Job",
     "JobStatus",

@@ -46,6 +46,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: uuid4().hex)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
     status_detail: Mapped[str | None] = mapped_column(Text)
+    # The API key name that submitted it; keys of that name see it, admins see every job.
+    owner: Mapped[str | None] = mapped_column(String(200), index=True)
     source_kind: Mapped[str] = mapped_column(String(16))
     source_name: Mapped[str] = mapped_column(Text)
     # None until ingest has counted the images.
@@ -58,6 +60,8 @@ class Job(Base):
     model_versions: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Claimed by the one ingest that expands the source; a stale claim may be taken over.
+    ingest_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -97,6 +101,18 @@ class Image(Base):
     )
     error: Mapped[str | None] = mapped_column(Text)
     scored_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class BatchAttempt(Base):
+    """How often a batch (one score_batch message) was started: a batch that keeps killing its
+    worker is split after a few attempts, down to the one image that does it."""
+
+    __tablename__ = "batch_attempts"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class RejectedEntry(Base):

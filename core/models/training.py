@@ -30,6 +30,7 @@ class TrainingRun(Base):
     # One scheduled firing makes one row, however many schedulers fire.
     trigger_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     trigger: Mapped[str] = mapped_column(String(16))
+    requested_by: Mapped[str | None] = mapped_column(String(200))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     epochs: Mapped[int] = mapped_column(Integer)

@@ -1,6 +1,7 @@
 """`pneumoscan up` as a real process tree on a temporary home and a free port."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -45,6 +46,10 @@ def service(tmp_path: Path, extra_env: dict[str, str]) -> Iterator[Service]:
         url = f"http://127.0.0.1:{env['PNEUMOSCAN_API_PORT']}"
         wait_for(lambda: _ready(url) or process.poll() is not None, 90, "pneumoscan up")
         assert process.poll() is None, log_path.read_text()
+        # The admin key `up` printed once on its first start; the client reads it from here.
+        printed = re.search(r"export PNEUMOSCAN_API_KEY=(\S+)", log_path.read_text())
+        assert printed is not None, log_path.read_text()
+        env["PNEUMOSCAN_API_KEY"] = printed.group(1)
         yield env, process, log_path
         if process.poll() is None:
             process.kill()

@@ -19,13 +19,13 @@ from core.migrate import upgrade
 from core.models import Image, RejectedEntry
 from core.storage import Storage
 from tests.images import jpeg_bytes
-from tests.support import REPO, zip_bytes
+from tests.support import REPO, api_client, zip_bytes
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[FlaskClient]:
     app = create_app(settings)
-    yield app.test_client()
+    yield api_client(app)
     app.extensions["pneumoscan"].db.dispose()
 
 
@@ -124,7 +124,7 @@ def test_bad_submissions_get_a_json_error(
 def test_upload_over_the_limit_is_refused_with_413(tmp_path: Path) -> None:
     small = load_settings(home=tmp_path / "var", max_upload_mb=1)
     upgrade(small.database_url)
-    client = create_app(small).test_client()
+    client = api_client(create_app(small))
     archive = zip_bytes([("big.bin", bytes(2 * 1024 * 1024))])
     response = client.post("/v1/jobs", data={"archive": (io.BytesIO(archive), "s.zip")})
     assert response.status_code == 413

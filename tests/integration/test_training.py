@@ -21,7 +21,7 @@ from core.training_runs import (
 )
 from tests.images import jpeg_bytes
 from tests.stack import Stack
-from tests.support import WorkerProcess, wait_for, zip_bytes
+from tests.support import WorkerProcess, api_client, wait_for, zip_bytes
 from training.data import load_arrays, read_labelled_folder
 from training.evaluate import evaluate_version
 from training.gate import promote_if_allowed
@@ -130,7 +130,7 @@ def test_a_second_run_is_refused_while_one_is_queued(tmp_path: Path, small_refer
 def test_training_without_reference_data_is_refused(settings: Settings) -> None:
     from api import create_app
 
-    response = create_app(settings).test_client().post("/v1/training-runs", json={})
+    response = api_client(create_app(settings)).post("/v1/training-runs", json={})
     assert response.status_code == 400
     assert "PNEUMOSCAN_DATA_DIR" in response.get_json()["error"]["message"]
 
@@ -195,7 +195,7 @@ def test_gate_activates_a_better_candidate_keeps_a_worse_one_and_rollback_works(
         db, storage, better, {"auroc": scores[better], "sensitivity": 1.0}, holdout, **rules
     )
     assert promoted.activate
-    client = create_app(settings).test_client()
+    client = api_client(create_app(settings))
     assert {m["version"]: m["status"] for m in client.get("/v1/models").get_json()["items"]}[
         better
     ] == "active"
@@ -271,24 +271,18 @@ def test_confirmed_labels_feed_the_next_run_and_a_later_label_replaces_an_earlie
         for result_id, label in zip(
             ids, ["NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA"], strict=True
         ):
-            put = stack.client.put(
-                f"/v1/results/{result_id}/label", json={"label": label, "labelled_by": "dr-a"}
-            )
+            put = stack.client.put(f"/v1/results/{result_id}/label", json={"label": label})
             assert put.status_code == 200
-        again = stack.client.put(
-            f"/v1/results/{ids[0]}/label", json={"label": "PNEUMONIA", "labelled_by": "dr-b"}
-        )
+            assert put.get_json()["labelled_by"] == "tests"  # the key's name
+        another_reader = api_client(stack.app, "admin", "dr-b")
+        again = another_reader.put(f"/v1/results/{ids[0]}/label", json={"label": "PNEUMONIA"})
         assert again.get_json()["labelled_by"] == "dr-b"
         results = {r["id"]: r for r in stack.results(job_id)}
         assert results[ids[0]]["confirmed_label"] == "PNEUMONIA"
-        bad = stack.client.put(
-            f"/v1/results/{ids[0]}/label", json={"label": "maybe", "labelled_by": "x"}
-        )
+        bad = stack.client.put(f"/v1/results/{ids[0]}/label", json={"label": "maybe"})
         assert bad.status_code == 400
         assert (
-            stack.client.put(
-                "/v1/results/999999/label", json={"label": "NORMAL", "labelled_by": "x"}
-            ).status_code
+            stack.client.put("/v1/results/999999/label", json={"label": "NORMAL"}).status_code
             == 404
         )
 

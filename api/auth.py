@@ -1,0 +1,45 @@
+"""Bearer API keys on every /v1 endpoint; a scope (read < submit < admin) per endpoint."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from apiflask import HTTPTokenAuth
+from flask import current_app
+
+from api.context import api_context
+from api.errors import api_error, render_error
+from core.keys import Principal, authenticate
+
+auth = HTTPTokenAuth(
+    scheme="Bearer",
+    description="An API key from `pneumoscan keys create --name N --scope read|submit|admin`.",
+)
+READ, SUBMIT, ADMIN = ["read"], ["submit"], ["admin"]
+
+
+@auth.verify_token
+def _verify(token: str) -> Principal | None:
+    if not token:
+        return None
+    with api_context(current_app).db.session() as session:
+        return authenticate(session, token)
+
+
+@auth.get_user_roles
+def _roles(principal: Principal) -> list[str]:
+    return principal.roles
+
+
+@auth.error_processor
+def _auth_error(error: Any) -> Any:
+    if error.status_code == 401:
+        return render_error(
+            api_error(401, "send a valid API key: Authorization: Bearer <key>", "unauthorized")
+        )
+    return render_error(api_error(403, "this API key's scope does not allow this", "forbidden"))
+
+
+def caller() -> Principal:
+    """The principal of the key that authenticated this request."""
+    return cast(Principal, auth.current_user)

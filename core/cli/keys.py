@@ -1,0 +1,62 @@
+"""API keys: create (shown once), list, revoke."""
+
+from __future__ import annotations
+
+import click
+
+from core.cli.common import settings_of
+from core.errors import DomainError
+
+
+@click.group()
+def keys() -> None:
+    """API keys (stored only as hashes)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="The client; keys of one name share its jobs.")
+@click.option("--scope", required=True, type=click.Choice(["read", "submit", "admin"]))
+@click.pass_context
+def keys_create(ctx: click.Context, name: str, scope: str) -> None:
+    """Create a key and print it once: it cannot be shown again."""
+    from core.db import Database
+    from core.keys import create_key
+
+    try:
+        with Database(settings_of(ctx).database_url).session() as session:
+            row, secret = create_key(session, name, scope)
+            prefix = row.prefix
+    except DomainError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"created {scope} key {prefix}... for {name!r}; it is shown only now:", err=True)
+    click.echo(secret)
+
+
+@keys.command("list")
+@click.pass_context
+def keys_list(ctx: click.Context) -> None:
+    """Keys by prefix, name and scope (never the keys themselves)."""
+    from core.db import Database
+    from core.keys import list_keys
+
+    with Database(settings_of(ctx).database_url).session() as session:
+        click.echo(f"{'PREFIX':<14} {'SCOPE':<7} {'STATUS':<8} NAME")
+        for row in list_keys(session):
+            status = "revoked" if row.revoked_at else "active"
+            click.echo(f"{row.prefix:<14} {row.scope:<7} {status:<8} {row.name}")
+
+
+@keys.command("revoke")
+@click.argument("prefix")
+@click.pass_context
+def keys_revoke(ctx: click.Context, prefix: str) -> None:
+    """Revoke the key starting with PREFIX (as `keys list` shows it)."""
+    from core.db import Database
+    from core.keys import revoke_key
+
+    try:
+        with Database(settings_of(ctx).database_url).session() as session:
+            row = revoke_key(session, prefix)
+            click.echo(f"revoked {row.prefix}... ({row.name}, {row.scope})")
+    except DomainError as exc:
+        raise click.ClickException(exc.message) from exc

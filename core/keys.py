@@ -1,0 +1,80 @@
+"""Creating, finding and revoking API keys. Only sha256 hashes of keys are stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.errors import InvalidInputError, NotFoundError
+from core.models import ApiKey, utcnow
+
+# Each scope includes the ones before it.
+SCOPES = ("read", "submit", "admin")
+KEY_PREFIX = "psk_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's name (owner of its jobs) and its scope."""
+
+    name: str
+    scope: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope == "admin"
+
+    @property
+    def roles(self) -> list[str]:
+        return list(SCOPES[: SCOPES.index(self.scope) + 1])
+
+    @property
+    def owner_filter(self) -> str | None:
+        """The owner whose jobs this caller may see; None means every job."""
+        return None if self.is_admin else self.name
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str, scope: str) -> tuple[ApiKey, str]:
+    """A new key; the secret is returned once and never stored."""
+    if scope not in SCOPES:
+        raise InvalidInputError(f"scope must be one of {', '.join(SCOPES)}")
+    if not name.strip() or len(name) > 200:
+        raise InvalidInputError("a key needs a name of 1 to 200 characters")
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(name=name.strip(), scope=scope, key_hash=hash_key(secret), prefix=secret[:12])
+    session.add(row)
+    session.flush()
+    return row, secret
+
+
+def authenticate(session: Session, secret: str) -> Principal | None:
+    row = session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
+    )
+    return Principal(row.name, row.scope) if row else None
+
+
+def revoke_key(session: Session, prefix: str) -> ApiKey:
+    rows = session.scalars(
+        select(ApiKey).where(ApiKey.prefix.startswith(prefix), ApiKey.revoked_at.is_(None))
+    ).all()
+    if len(rows) != 1:
+        raise NotFoundError(f"{len(rows)} active keys start with {prefix!r}; give a longer prefix")
+    rows[0].revoked_at = utcnow()
+    return rows[0]
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def any_keys(session: Session) -> bool:
+    return bool(session.scalar(select(func.count()).select_from(ApiKey)))

@@ -1,0 +1,131 @@
+"""Recovery after crashes and lost messages; the periodic sweep calls these.
+
+Every scoring step is idempotent, so the safe answer to "was this message lost?" is to
+send the work again once nothing has moved for a while.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import delete, exists, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.models import BatchAttempt, Image, Job, JobStatus, utcnow
+from core.storage import Storage
+
+INCOMING = ".incoming"
+
+
+def batch_key(job_id: str, image_ids: Sequence[int]) -> str:
+    return hashlib.sha256(f"{job_id}:{sorted(image_ids)}".encode()).hexdigest()
+
+
+def count_attempt(session: Session, job_id: str, image_ids: Sequence[int]) -> int:
+    """One more start of this batch; returns how many starts there have been."""
+    key = batch_key(job_id, image_ids)
+    row = session.get(BatchAttempt, key, with_for_update=True)
+    if row is None:
+        try:
+            with session.begin_nested():
+                row = BatchAttempt(key=key, job_id=job_id, attempts=1)
+                session.add(row)
+            return 1
+        except IntegrityError:
+            row = session.get(BatchAttempt, key, with_for_update=True, populate_existing=True)
+            assert row is not None
+    row.attempts += 1
+    return row.attempts
+
+
+def forget_attempts(session: Session, job_id: str, image_ids: Sequence[int]) -> None:
+    session.execute(delete(BatchAttempt).where(BatchAttempt.key == batch_key(job_id, image_ids)))
+
+
+def claim_ingest(session: Session, job_id: str, stale_after: timedelta) -> bool:
+    """Only one ingest expands a job at a time; a claim older than `stale_after` was lost."""
+    cutoff = utcnow() - stale_after
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.QUEUED,
+            Job.total.is_(None),
+            (Job.ingest_started_at.is_(None)) | (Job.ingest_started_at < cutoff),
+        )
+        .values(ingest_started_at=utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def jobs_to_ingest_again(session: Session, stale_after: timedelta) -> list[str]:
+    """Queued jobs whose ingest never started or stopped (a lost message, a dead worker)."""
+    cutoff = utcnow() - stale_after
+    return list(
+        session.scalars(
+            select(Job.id).where(
+                Job.status == JobStatus.QUEUED,
+                Job.total.is_(None),
+                Job.waiting_for_model.is_(False),
+                Job.created_at < cutoff,
+                (Job.ingest_started_at.is_(None)) | (Job.ingest_started_at < cutoff),
+            )
+        )
+    )
+
+
+def jobs_to_score_again(session: Session, stale_after: timedelta) -> list[str]:
+    """Running jobs with unscored images and no progress for `stale_after`; marked as moved,
+    so the next sweep waits another `stale_after` before sending their batches again."""
+    cutoff = utcnow() - stale_after
+    pending = exists().where(Image.job_id == Job.id, Image.scored_at.is_(None))
+    stalled = list(
+        session.scalars(
+            select(Job.id).where(Job.status == JobStatus.RUNNING, Job.updated_at < cutoff, pending)
+        )
+    )
+    if stalled:
+        session.execute(update(Job).where(Job.id.in_(stalled)).values(updated_at=utcnow()))
+    return stalled
+
+
+def remove_orphan_uploads(session: Session, storage: Storage, older_than: timedelta) -> int:
+    """Uploads nobody will finish: temporary files no live request holds, and job folders
+    without a job row (the API died between storing and committing)."""
+    removed = 0
+    incoming = storage.root / "uploads" / INCOMING
+    for path in incoming.glob("upload-*") if incoming.is_dir() else []:
+        if _unlocked(path):
+            path.unlink(missing_ok=True)
+            removed += 1
+    cutoff = (utcnow() - older_than).timestamp()
+    uploads = storage.root / "uploads"
+    for folder in uploads.iterdir() if uploads.is_dir() else []:
+        if folder.name == INCOMING or folder.stat().st_mtime > cutoff:
+            continue
+        if session.get(Job, folder.name) is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _unlocked(path: Path) -> bool:
+    """True when no process holds the lock every upload takes while it is written."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
