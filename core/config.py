@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(2, ge=1, description="Scoring processes per worker.")
     broker_poll_seconds: float = Field(0.1, gt=0, description="Embedded broker polling interval.")
     sweep_seconds: float = Field(
-        30.0, gt=0, description="How often beat releases jobs waiting for a model."
+        30.0, gt=0, description="How often beat sweeps: waiting jobs, stalled jobs, old uploads."
     )
     data_dir: Path | None = Field(
         None, description="Reference dataset (NORMAL/, PNEUMONIA/) for retraining and first runs."

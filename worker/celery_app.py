@@ -15,6 +15,7 @@ INGEST_QUEUE, SCORING_QUEUE, TRAINING_QUEUE = "ingest", "scoring", "training"
 TASK_ROUTES = {
     "worker.tasks.ingest_job": {"queue": INGEST_QUEUE},
     "worker.tasks.release_waiting_jobs": {"queue": INGEST_QUEUE},
+    "worker.tasks.sweep": {"queue": INGEST_QUEUE},
     "worker.tasks.score_batch": {"queue": SCORING_QUEUE},
     "worker.tasks.schedule_retraining": {"queue": INGEST_QUEUE},
     "worker.tasks.train_model": {"queue": TRAINING_QUEUE},
@@ -56,10 +57,7 @@ def create_celery(settings: Settings) -> PneumoscanCelery:
         worker_hijack_root_logger=True,
         timezone="UTC",
         beat_schedule={
-            "release-waiting-jobs": {
-                "task": "worker.tasks.release_waiting_jobs",
-                "schedule": settings.sweep_seconds,
-            },
+            "sweep": {"task": "worker.tasks.sweep", "schedule": settings.sweep_seconds},
             "nightly-retraining": {
                 "task": "worker.tasks.schedule_retraining",
                 "schedule": crontab.from_string(settings.retrain_cron),

@@ -6,21 +6,33 @@ Importing this module never imports TensorFlow; the API imports it to enqueue.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Task, shared_task
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from core import ingest
 from core.errors import DomainError
 from core.jobs import claim_waiting_jobs, pending_image_batches
 from core.models import RunStatus, utcnow
+from core.recovery import jobs_to_ingest_again, jobs_to_score_again, remove_orphan_uploads
 from core.training_runs import TrainingParams, request_scheduled_run
 from worker.celery_app import context_of
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
+# A database outage must not lose work: the task runs again later, backing off up to 5 min.
+RETRY_WHILE_DATABASE_IS_DOWN: dict[str, Any] = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": None,
+}
 
-@shared_task(bind=True)
+
+@shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
 def ingest_job(self: Task, job_id: str) -> None:
     """Expand a job's upload into image rows, then release its scoring batches."""
     context = context_of(self.app)
@@ -33,7 +45,7 @@ def ingest_job(self: Task, job_id: str) -> None:
         release_waiting(context)
 
 
-@shared_task(bind=True)
+@shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
 def score_batch(self: Task, job_id: str, image_ids: list[int]) -> None:
     """Score one model batch of a job's images and record the results."""
     from worker.scoring import score_images
@@ -43,7 +55,7 @@ def score_batch(self: Task, job_id: str, image_ids: list[int]) -> None:
         score_batch.delay(job_id, part)
 
 
-@shared_task(bind=True)
+@shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
 def release_waiting_jobs(self: Task) -> None:
     """Start the jobs that were waiting for a model, once one is active (also run by beat)."""
     release_waiting(context_of(self.app))
@@ -67,7 +79,7 @@ def enqueue_scoring(context: WorkerContext, job_id: str) -> int:
     return len(batches)
 
 
-@shared_task(bind=True)
+@shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
 def train_model(self: Task, run_id: int) -> None:
     """Run one training run (queue `training`); activation releases waiting jobs."""
     from training.train import run_training
@@ -79,7 +91,7 @@ def train_model(self: Task, run_id: int) -> None:
         release_waiting(context)
 
 
-@shared_task(bind=True)
+@shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
 def schedule_retraining(self: Task, force: bool = False) -> None:
     """Beat's nightly trigger: one run per scheduled minute, skipped when no labels are new."""
     context = context_of(self.app)
@@ -97,3 +109,24 @@ def schedule_retraining(self: Task, force: bool = False) -> None:
     if created and status == RunStatus.QUEUED:
         train_model.delay(run_id)
     log.info("nightly retraining %s: run %s %s %s", key, run_id, status, reason or "")
+
+
+@shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
+def sweep(self: Task) -> None:
+    """Beat's safety net: start jobs waiting for a model, send again the work of jobs that
+    stopped moving (a lost message, a dead worker), remove uploads nobody will finish."""
+    context = context_of(self.app)
+    release_waiting(context)
+    stall = context.settings.stall_after
+    with context.db.session() as session:
+        to_ingest = jobs_to_ingest_again(session, stall)
+        to_score = jobs_to_score_again(session, stall)
+        removed = remove_orphan_uploads(session, context.storage, stall)
+    for job_id in to_ingest:
+        log.warning("job %s: ingest did not finish; sending it again", job_id)
+        ingest_job.delay(job_id)
+    for job_id in to_score:
+        log.warning("job %s: no progress for %s; sending its unscored batches again", job_id, stall)
+        enqueue_scoring(context, job_id)
+    if removed:
+        log.info("removed %d abandoned uploads", removed)
