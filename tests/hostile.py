@@ -242,3 +242,9 @@ def tiny_jpeg() -> bytes:
 def huge_jpeg(side: int = 10_000) -> bytes:
     """A real, cheaply compressed side x side grayscale JPEG (100 M pixels at the default)."""
     return jpeg_bytes(Image.new("L", (side, side), 128), quality=10)
+
+
+def slow_png(side: int = 8000) -> bytes:
+    """A valid, small-on-disk PNG whose decoding takes a noticeable time (side^2 pixels)."""
+    rows = np.linspace(0, 255, side, dtype=np.uint8)
+    return png_bytes(Image.fromarray(np.tile(rows, (side, 1))))

@@ -49,6 +49,9 @@ class TcpProxy:
 
     def cut(self) -> None:
         """Refuse new connections and break every open one."""
+        # shutdown() wakes the thread blocked in accept(); close() alone would not on Linux.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             for connection in self._connections:

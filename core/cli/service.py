@@ -117,6 +117,7 @@ def api(ctx: click.Context) -> None:
         "30",
         "--access-logfile",
         "-",
+        "--no-control-socket",  # its default path is one per user: instances would collide
         "api.wsgi:app",
     ]
     os.execv(sys.executable, argv)
