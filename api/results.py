@@ -19,7 +19,7 @@ def init_app(app: APIFlask) -> None:
     app.register_blueprint(bp)
 
 
-@bp.put("/results/<int:result_id>/label")
+@bp.put("/results/<int(max=9223372036854775807):result_id>/label")
 @bp.auth_required(auth, roles=SUBMIT)
 @bp.input(LabelIn, location="json")
 @bp.output(LabelOut)

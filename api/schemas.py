@@ -33,8 +33,11 @@ class UploadJobIn(Schema):
             raise ValidationError("send either one `archive` file or one or more `images` files")
 
 
+MAX_PAGE = 1_000_000  # deeper than any real list; keeps offsets inside a 64-bit integer
+
+
 class PageQuery(Schema):
-    page = Integer(load_default=1, validate=Range(min=1))
+    page = Integer(load_default=1, validate=Range(min=1, max=MAX_PAGE))
     per_page = Integer(load_default=50, validate=Range(min=1, max=1000))
 
 

@@ -55,7 +55,7 @@ def list_training_runs(query_data: dict[str, Any]) -> dict[str, Any]:
         }
 
 
-@bp.get("/training-runs/<int:run_id>")
+@bp.get("/training-runs/<int(max=2147483647):run_id>")
 @bp.auth_required(auth, roles=READ)
 @bp.output(TrainingRunOut)
 @bp.doc(responses={404: "No such run"})
