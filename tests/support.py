@@ -151,3 +151,13 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._log.close()
+
+
+def http_ok(url: str) -> bool:
+    """True when `url` answers 200 (a server that is not up yet answers False, not an error)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

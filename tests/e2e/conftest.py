@@ -8,10 +8,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.support import REPO, wait_for
+from tests.support import REPO, http_ok, wait_for
 
 
 def free_port() -> int:
@@ -44,7 +43,9 @@ def service(tmp_path: Path, extra_env: dict[str, str]) -> Iterator[Service]:
             [sys.executable, "-m", "core.cli", "up"], env=env, cwd=tmp_path, stdout=log, stderr=log
         )
         url = f"http://127.0.0.1:{env['PNEUMOSCAN_API_PORT']}"
-        wait_for(lambda: _ready(url) or process.poll() is not None, 90, "pneumoscan up")
+        wait_for(
+            lambda: http_ok(f"{url}/readyz") or process.poll() is not None, 90, "pneumoscan up"
+        )
         assert process.poll() is None, log_path.read_text()
         # The admin key `up` printed once on its first start; the client reads it from here.
         printed = re.search(r"export PNEUMOSCAN_API_KEY=(\S+)", log_path.read_text())
@@ -66,13 +67,6 @@ def processes_with(marker: bytes) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def pneumoscan(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,7 @@ from tests import hostile
 from tests.images import jpeg_bytes
 from tests.proxy import TcpProxy
 from tests.stack import Stack
-from tests.support import ServiceProcess, WorkerProcess, free_port, wait_for, zip_bytes
+from tests.support import ServiceProcess, WorkerProcess, free_port, http_ok, wait_for, zip_bytes
 
 SCORING_LINE = re.compile(
     r"job (\w+): scoring \d+ images, ids (\d+)\.\.(\d+) \(attempt \d+, process (\d+)\)"
@@ -163,7 +163,7 @@ class RedisServer:
         )
         wait_for(self._answers, 20, "redis to start")
 
-    def _answers(self) -> bool:
+    def http_ok(self) -> bool:
         return (
             subprocess.run(
                 ["redis-cli", "-p", str(self.port), "ping"], capture_output=True
@@ -175,7 +175,7 @@ class RedisServer:
         subprocess.run(
             ["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True
         )
-        wait_for(lambda: not self._answers(), 20, "redis to stop")
+        wait_for(lambda: not self.http_ok(), 20, "redis to stop")
 
 
 def test_redis_restarted_during_a_job(
@@ -255,7 +255,7 @@ def test_api_killed_during_an_upload_leaves_no_job_and_its_upload_is_removed(
     live = settings.model_copy(update={"api_port": port})
     api = ServiceProcess(live, tmp_path / "api.log", "api")
     try:
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 60, "the api")
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 60, "the api")
         from core.keys import create_key
 
         db = Database(settings.database_url)
@@ -309,13 +309,6 @@ def test_api_killed_during_an_upload_leaves_no_job_and_its_upload_is_removed(
         assert list(incoming.glob("upload-*")) == []
     finally:
         api.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_a_batch_that_keeps_killing_its_worker_is_split_down_to_the_poison_image(

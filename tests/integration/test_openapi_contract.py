@@ -10,7 +10,7 @@ import httpx
 from core.config import Settings
 from core.db import Database
 from core.keys import create_key
-from tests.support import ServiceProcess, free_port, wait_for
+from tests.support import ServiceProcess, free_port, http_ok, wait_for
 
 CHECKS = "not_a_server_error,response_schema_conformance,content_type_conformance"
 
@@ -24,7 +24,7 @@ def test_every_operation_answers_within_its_documented_schema(
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _answers(f"{base}/healthz"), 60, "the api")
+        wait_for(lambda: http_ok(f"{base}/healthz"), 60, "the api")
         with Database(settings.database_url).session() as session:
             _, key = create_key(session, "contract", "admin")
         schemathesis = shutil.which("schemathesis") or "schemathesis"
@@ -53,10 +53,3 @@ def test_every_operation_answers_within_its_documented_schema(
         assert f"Tested: {operations}" in result.stdout  # every operation was exercised
     finally:
         api.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False

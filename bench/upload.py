@@ -1,0 +1,178 @@
+"""A large archive through the real API: streamed to disk, API memory flat, no server timeout.
+
+    .venv/bin/python bench/upload.py [--gigabytes 2] [--seconds 0]
+
+Starts `pneumoscan api` (gunicorn, the production settings) on a temporary home, streams a
+multipart upload of `--gigabytes` GB (a stored zip of one large member) and samples the
+resident memory of the API's processes while it arrives. `--seconds N` paces the upload to
+last about N seconds, longer than gunicorn's worker timeout (120 s), to show a slow client
+is not cut off. Prints the figures; a JSON copy goes to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+CHUNK = 1024 * 1024
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of `pid` and its children, from /proc."""
+    total = 0
+    for proc in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{proc}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def stored_zip_stream(size: int, seconds: float) -> Iterator[bytes]:
+    """A zip with one stored member of `size` zero bytes, generated on the fly."""
+    name = b"large.bin"
+    crc = 0
+    zero = bytes(CHUNK)
+    # General purpose flag 0x08: sizes and CRC follow the data, so nothing is known in advance.
+    yield (
+        b"PK\x03\x04"
+        + (20).to_bytes(2, "little")
+        + (0x08).to_bytes(2, "little")
+        + bytes(2)
+        + bytes(4)
+        + bytes(12)
+        + len(name).to_bytes(2, "little")
+        + bytes(2)
+        + name
+    )
+    started, sent = time.monotonic(), 0
+    while sent < size:
+        piece = zero[: min(CHUNK, size - sent)]
+        crc = zlib.crc32(piece, crc)
+        sent += len(piece)
+        yield piece
+        if seconds:
+            time.sleep(max(0.0, started + seconds * sent / size - time.monotonic()))
+    yield b"PK\x07\x08" + crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little") * 2
+
+
+def multipart(parts: Iterator[bytes]) -> Iterator[bytes]:
+    yield (
+        b'--bench\r\nContent-Disposition: form-data; name="archive"; filename="large.zip"\r\n'
+        b"Content-Type: application/zip\r\n\r\n"
+    )
+    yield from parts
+    yield b"\r\n--bench--\r\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gigabytes", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=0.0)
+    parser.add_argument("--port", type=int, default=8766)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="pneumoscan-upload-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PNEUMOSCAN_")}
+    env.update(
+        PNEUMOSCAN_HOME=str(home),
+        PNEUMOSCAN_API_PORT=str(args.port),
+        PNEUMOSCAN_MAX_UPLOAD_MB="4096",
+    )
+    cli = [sys.executable, "-m", "core.cli"]
+    subprocess.run([*cli, "db", "upgrade"], env=env, cwd=REPO, check=True, capture_output=True)
+    key = subprocess.run(
+        [*cli, "keys", "create", "--name", "bench", "--scope", "submit"],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    api = subprocess.Popen(
+        [*cli, "api"],
+        env=env,
+        cwd=REPO,
+        stdout=(home / "api.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{args.port}"
+    try:
+        for _ in range(60):
+            try:
+                httpx.get(f"{base}/healthz", timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        time.sleep(1)
+        baseline = rss_kb(api.pid)
+        peak = baseline
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, rss_kb(api.pid))
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        size = int(args.gigabytes * 1024**3)
+        started = time.perf_counter()
+        response = httpx.post(
+            f"{base}/v1/jobs",
+            content=multipart(stored_zip_stream(size, args.seconds)),
+            timeout=None,
+            headers={
+                "Authorization": f"Bearer {key}",
+                "Content-Type": "multipart/form-data; boundary=bench",
+            },
+        )
+        seconds = time.perf_counter() - started
+        done.set()
+        sampler.join()
+        job = response.json()
+        stored = home / "storage" / "uploads" / job.get("id", "-") / "archive.zip"
+        figures = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{os.cpu_count()} CPUs",
+            "upload_bytes": size,
+            "status": response.status_code,
+            "seconds": round(seconds, 1),
+            "megabytes_per_second": round(size / 1024**2 / seconds, 1),
+            "api_rss_before_mb": round(baseline / 1024, 1),
+            "api_rss_peak_mb": round(peak / 1024, 1),
+            "api_rss_growth_mb": round((peak - baseline) / 1024, 1),
+            "stored_bytes": stored.stat().st_size if stored.exists() else None,
+        }
+    finally:
+        api.terminate()
+        api.wait(60)
+    for name, value in figures.items():
+        print(f"{name:22} {value}")
+    out = REPO / "bench" / "results" / f"upload-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"written to {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
