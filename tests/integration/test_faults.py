@@ -163,7 +163,7 @@ class RedisServer:
         )
         wait_for(self._answers, 20, "redis to start")
 
-    def http_ok(self) -> bool:
+    def _answers(self) -> bool:
         return (
             subprocess.run(
                 ["redis-cli", "-p", str(self.port), "ping"], capture_output=True
@@ -175,7 +175,7 @@ class RedisServer:
         subprocess.run(
             ["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True
         )
-        wait_for(lambda: not self.http_ok(), 20, "redis to stop")
+        wait_for(lambda: not self._answers(), 20, "redis to stop")
 
 
 def test_redis_restarted_during_a_job(
