@@ -65,6 +65,12 @@ CSV_COLUMNS = [
     "model_version",
     "error",
     "confirmed_label",
+    "study_uid",
+    "series_uid",
+    "sop_uid",
+    "modality",
+    "body_part",
+    "view_position",
 ]
 
 
@@ -228,13 +234,20 @@ def results(job_id: str, query_data: dict[str, Any]) -> Any:
         with context.db.session() as session:
             get_job(session, job_id, owner)  # 404 before the streaming starts
         return Response(
-            stream_with_context(_csv_lines(context, job_id, owner)),
+            stream_with_context(_csv_lines(context, job_id, owner, query_data.get("study_uid"))),
             mimetype="text/csv",
             headers={"Content-Disposition": f'attachment; filename="pneumoscan-{job_id}.csv"'},
         )
     with context.db.session() as session:
         job = get_job(session, job_id, owner)
-        page = results_page(session, job_id, query_data["page"], query_data["per_page"], owner)
+        page = results_page(
+            session,
+            job_id,
+            query_data["page"],
+            query_data["per_page"],
+            owner,
+            query_data.get("study_uid"),
+        )
         status = job.status
     return {
         "job_id": job_id,
@@ -244,12 +257,14 @@ def results(job_id: str, query_data: dict[str, Any]) -> Any:
     }
 
 
-def _csv_lines(context: ApiContext, job_id: str, owner: str | None) -> Iterator[str]:
+def _csv_lines(
+    context: ApiContext, job_id: str, owner: str | None, study_uid: str | None
+) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     with context.db.session() as session:
-        for row in iter_results(session, job_id, owner):
+        for row in iter_results(session, job_id, owner, study_uid):
             writer.writerow(
                 ["" if getattr(row, c) is None else getattr(row, c) for c in CSV_COLUMNS]
             )

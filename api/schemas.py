@@ -48,6 +48,9 @@ class JobsQuery(PageQuery):
 class ResultsQuery(PageQuery):
     per_page = Integer(load_default=500, validate=Range(min=1, max=5000))
     format = String(load_default="json", validate=OneOf(["json", "csv"]))
+    study_uid = String(
+        validate=Length(max=64), metadata={"description": "Only the results of this DICOM study."}
+    )
 
 
 class PaginationOut(Schema):
@@ -93,6 +96,12 @@ class ResultOut(Schema):
     error = String(allow_none=True)
     scored_at = DateTime(allow_none=True)
     confirmed_label = String(allow_none=True, metadata={"description": "A radiologist's label."})
+    study_uid = String(allow_none=True, metadata={"description": "DICOM StudyInstanceUID."})
+    series_uid = String(allow_none=True, metadata={"description": "DICOM SeriesInstanceUID."})
+    sop_uid = String(allow_none=True, metadata={"description": "DICOM SOPInstanceUID."})
+    modality = String(allow_none=True)
+    body_part = String(allow_none=True, metadata={"description": "DICOM BodyPartExamined."})
+    view_position = String(allow_none=True, metadata={"description": "DICOM ViewPosition."})
 
 
 class ResultsPageOut(Schema):

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_batch_attempts: int = Field(
         3, ge=1, description="Starts of a batch before it is split (its worker keeps dying)."
     )
+    dicom_accept_any: bool = Field(
+        False, description="Score DICOM objects that are not frontal chest radiographs too."
+    )
     keep_inactive_models: int = Field(
         3, ge=0, description="Artifacts kept of versions that are not active."
     )

@@ -36,7 +36,14 @@ def sniff_format(head: bytes) -> str | None:
 
 def sniff_file(path: Path) -> str | None:
     with path.open("rb") as handle:
-        return sniff_format(handle.read(132))
+        head = handle.read(132)
+    fmt = sniff_format(head)
+    if fmt is None:
+        from core import dicom
+
+        if dicom.looks_like_acr_nema(head):
+            return DICOM  # confirmed (or refused) when ingest reads its header
+    return fmt
 
 
 def preprocess(image: Image.Image, size: int) -> np.ndarray:
@@ -69,6 +76,20 @@ def load_model_input(path: Path, size: int, max_pixels: int) -> np.ndarray:
         raise ImageDecodeError(f"could not decode image: {exc}") from exc
     except Exception as exc:  # a decoder bug on crafted bytes must not fail the whole batch
         raise ImageDecodeError(f"could not decode image: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_for_model(path: Path, fmt: str, size: int, max_pixels: int) -> np.ndarray:
+    """Model input from a JPEG, PNG or DICOM file; ImageDecodeError says why when it cannot."""
+    if fmt != DICOM:
+        return load_model_input(path, size, max_pixels)
+    from core import dicom  # pydicom is needed only where DICOM is decoded
+
+    try:
+        return preprocess(dicom.load_image(path, max_pixels), size)
+    except dicom.DicomError as exc:
+        raise ImageDecodeError(str(exc)) from exc
+    except Exception as exc:  # a decoder bug on crafted bytes must not fail the whole batch
+        raise ImageDecodeError(f"could not decode DICOM: {type(exc).__name__}: {exc}") from exc
 
 
 def configure_pillow(max_pixels: int) -> None:

@@ -68,9 +68,14 @@ def ingest_job(db: Database, storage: Storage, settings: Settings, job_id: str) 
     try:
         expansion = _expand_source(storage, settings, job_id, SourceKind(kind), source_name)
     except ArchiveError as exc:
-        return _fail(db, job_id, str(exc))
-    images, rejected = _classify(expansion, storage)
-    return _record(db, job_id, images, rejected)
+        outcome = _fail(db, job_id, str(exc))
+    else:
+        images, rejected = _classify(expansion, storage, settings.dicom_accept_any)
+        outcome = _record(db, job_id, images, rejected)
+    # Once recorded, the expanded files are the job's record; the archive, which may carry
+    # patients' names in DICOM headers, is not kept.
+    (storage.job_dir(job_id) / ARCHIVE_NAME).unlink(missing_ok=True)
+    return outcome
 
 
 def _expand_source(
@@ -118,7 +123,9 @@ def _prefixed(expansion: Expansion, prefix: str) -> Expansion:
     )
 
 
-def _classify(expansion: Expansion, storage: Storage) -> tuple[list[dict], list[Rejection]]:
+def _classify(
+    expansion: Expansion, storage: Storage, accept_any_dicom: bool
+) -> tuple[list[dict], list[Rejection]]:
     images: list[dict] = []
     rejected = list(expansion.rejected)
     seen: set[str] = set()
@@ -127,9 +134,12 @@ def _classify(expansion: Expansion, storage: Storage) -> tuple[list[dict], list[
         if fmt is None:
             rejected.append(Rejection(candidate.relative_path, "not a JPEG, PNG or DICOM image"))
             continue
+        facts: dict[str, str | None] = {}
         if fmt == DICOM:
-            rejected.append(Rejection(candidate.relative_path, "DICOM is not supported yet"))
-            continue
+            reason, facts = _dicom_facts(candidate.path, storage, accept_any_dicom)
+            if reason:
+                rejected.append(Rejection(candidate.relative_path, reason))
+                continue
         images.append(
             {
                 "relative_path": _unique(candidate.relative_path, seen),
@@ -137,9 +147,35 @@ def _classify(expansion: Expansion, storage: Storage) -> tuple[list[dict], list[
                 "format": fmt,
                 "size_bytes": candidate.path.stat().st_size,
                 "sha256": sha256_of(candidate.path),
+                **facts,
             }
         )
     return images, rejected
+
+
+def _dicom_facts(
+    path: Path, storage: Storage, accept_any: bool
+) -> tuple[str | None, dict[str, str | None]]:
+    """(why it is refused, or None; its identifiers and acquisition facts)."""
+    from core import dicom
+
+    try:
+        info = dicom.read_info(path)
+    except dicom.DicomError as exc:
+        return str(exc), {}
+    reason = dicom.refusal(info, accept_any)
+    if reason:
+        return reason, {}
+    if storage.root in path.resolve().parents:
+        dicom.deidentify(path)  # our own copy: keep no name or birth date on our disks
+    return None, {
+        "study_uid": info.study_uid,
+        "series_uid": info.series_uid,
+        "sop_uid": info.sop_uid,
+        "modality": info.modality,
+        "body_part": info.body_part,
+        "view_position": info.view_position,
+    }
 
 
 def _unique(relative_path: str, seen: set[str]) -> str:
@@ -169,7 +205,7 @@ def _record(
         job.total, job.rejected = len(images), len(rejected)
         if not images:
             job.status, job.finished_at = JobStatus.FAILED, utcnow()
-            job.status_detail = f"no JPEG or PNG images found ({len(rejected)} entries rejected)"
+            job.status_detail = f"no scorable images found ({len(rejected)} entries rejected)"
             return IngestOutcome(job_id, 0, False)
         if active_version(session) is None:
             job.waiting_for_model, job.status_detail = True, WAITING_FOR_MODEL

@@ -22,6 +22,7 @@ class LabelledImage:
     location: str
     relative_path: str
     sha256: str
+    format: str
     label: str
     labelled_at: datetime
 
@@ -66,6 +67,7 @@ def labelled_images(session: Session) -> list[LabelledImage]:
             Image.location,
             Image.relative_path,
             Image.sha256,
+            Image.format,
             Label.label,
             Label.labelled_at,
         )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Select, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from core.jobs import Page, get_job
@@ -44,6 +44,12 @@ class ResultRow:
     error: str | None
     scored_at: datetime | None
     confirmed_label: str | None
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    modality: str | None
+    body_part: str | None
+    view_position: str | None
 
 
 def images_to_score(session: Session, job_id: str, image_ids: Sequence[int]) -> list[ImageToScore]:
@@ -157,8 +163,8 @@ def _complete_if_done(session: Session, job_id: str) -> None:
     )
 
 
-def _results_query(job_id: str):  # type: ignore[no-untyped-def]
-    return (
+def _results_query(job_id: str, study_uid: str | None = None) -> Select:
+    query = (
         select(
             Image.id,
             Image.relative_path,
@@ -169,26 +175,47 @@ def _results_query(job_id: str):  # type: ignore[no-untyped-def]
             Image.error,
             Image.scored_at,
             Label.label,
+            Image.study_uid,
+            Image.series_uid,
+            Image.sop_uid,
+            Image.modality,
+            Image.body_part,
+            Image.view_position,
         )
         .outerjoin(ModelVersion, Image.model_version_id == ModelVersion.id)
         .outerjoin(Label, Label.image_id == Image.id)
         .where(Image.job_id == job_id)
         .order_by(Image.id)
     )
+    return query.where(Image.study_uid == study_uid) if study_uid else query
 
 
 def results_page(
-    session: Session, job_id: str, page: int, per_page: int, owner: str | None = None
+    session: Session,
+    job_id: str,
+    page: int,
+    per_page: int,
+    owner: str | None = None,
+    study_uid: str | None = None,
 ) -> Page:
-    job = get_job(session, job_id, owner)
-    rows = session.execute(_results_query(job_id).offset((page - 1) * per_page).limit(per_page))
-    return Page([ResultRow(*row) for row in rows], job.total or 0, page, per_page)
+    """A page of the job's results; with `study_uid`, only that DICOM study's."""
+    get_job(session, job_id, owner)
+    query = _results_query(job_id, study_uid)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.execute(query.offset((page - 1) * per_page).limit(per_page))
+    return Page([ResultRow(*row) for row in rows], total, page, per_page)
 
 
 def iter_results(
-    session: Session, job_id: str, owner: str | None = None, chunk: int = 1000
+    session: Session,
+    job_id: str,
+    owner: str | None = None,
+    study_uid: str | None = None,
+    chunk: int = 1000,
 ) -> Iterator[ResultRow]:
-    """All results of a job, streamed from the database in chunks."""
+    """All results of a job (or of one of its studies), streamed from the database in chunks."""
     get_job(session, job_id, owner)
-    for row in session.execute(_results_query(job_id).execution_options(yield_per=chunk)):
+    for row in session.execute(
+        _results_query(job_id, study_uid).execution_options(yield_per=chunk)
+    ):
         yield ResultRow(*row)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.imaging import ImageDecodeError, load_model_input, sniff_file
+from core.imaging import JPEG, ImageDecodeError, decode_for_model, sniff_file
 from core.storage import sha256_of
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # index = label: 0 normal, 1 pneumonia
@@ -36,6 +36,7 @@ class Sample:
     patient: str
     sha256: str
     source: str = "reference"
+    format: str = JPEG
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,11 @@ def read_labelled_folder(folder: Path) -> list[Sample]:
     samples = []
     for label, name in enumerate(CLASSES):
         for path in sorted((root / name).rglob("*")):
-            if (
-                path.is_file()
-                and not path.name.startswith(".")
-                and sniff_file(path) in ("jpeg", "png")
-            ):
+            fmt = sniff_file(path) if path.is_file() and not path.name.startswith(".") else None
+            if fmt is not None:
                 digest = sha256_of(path)
-                samples.append(Sample(path, label, patient_of(path.name, f"file:{digest}"), digest))
+                patient = patient_of(path.name, f"file:{digest}")
+                samples.append(Sample(path, label, patient, digest, format=fmt))
     return samples
 
 
@@ -136,7 +135,7 @@ def load_arrays(
 
     def decode(sample: Sample) -> np.ndarray | None:
         try:
-            return load_model_input(sample.path, size, max_pixels)
+            return decode_for_model(sample.path, sample.format, size, max_pixels)
         except ImageDecodeError:
             return None
 

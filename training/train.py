@@ -110,6 +110,7 @@ def gather_datasets(db: Database, storage: Storage, settings: Settings, data_dir
             patient_of(Path(item.relative_path).name, f"file:{item.sha256}"),
             item.sha256,
             "label",
+            item.format,
         )
         for item in labelled
         if storage.resolve(item.location).is_file()

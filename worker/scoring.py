@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from core.config import Settings
-from core.imaging import ImageDecodeError, load_model_input
+from core.imaging import ImageDecodeError, decode_for_model
 from core.inference import predict_padded
 from core.jobs import park_job_for_model
 from core.models import ModelVersion
@@ -213,8 +213,8 @@ def predict_images(
 
     def decode(image: ImageToScore) -> np.ndarray | str:
         try:
-            return load_model_input(
-                storage.resolve(image.location), size, settings.max_image_pixels
+            return decode_for_model(
+                storage.resolve(image.location), image.format, size, settings.max_image_pixels
             )
         except ImageDecodeError as exc:
             return str(exc)

@@ -1,0 +1,180 @@
+"""DICOM: recognised by its bytes, checked for what it shows, displayed as a viewer would.
+
+Pixels go through the Modality LUT (rescale), then the VOI LUT or the first window, then
+MONOCHROME1 is inverted, and any bit depth ends as 8-bit grayscale; after that a DICOM image
+takes the same `preprocess` as a JPEG. Compressed transfer syntaxes decode through pydicom's
+pixel plugins (pylibjpeg, openjpeg, rle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import UID, ImplicitVRLittleEndian
+
+RADIOGRAPHY = ("CR", "DX", "DR")
+FRONTAL_VIEWS = ("AP", "PA", "")
+# Removed from the copies pneumoscan keeps: nothing identifies the patient on its disks.
+IDENTIFYING = ("PatientName", "PatientBirthDate", "PatientBirthTime", "OtherPatientNames")
+
+
+class DicomError(ValueError):
+    """Not a DICOM object pneumoscan can read; the message says why."""
+
+
+@dataclass(frozen=True)
+class DicomInfo:
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    modality: str | None
+    body_part: str | None
+    view_position: str | None
+    transfer_syntax: str
+    frames: int
+    has_pixels: bool
+    rows: int
+    columns: int
+
+
+def looks_like_acr_nema(head: bytes) -> bool:
+    """Old ACR-NEMA files have no preamble: they start straight with a group 0008 element."""
+    if len(head) < 8 or head[:2] != b"\x08\x00":
+        return False
+    explicit_vr = head[4:6].isalpha() and head[4:6].isupper()
+    implicit_length = int.from_bytes(head[4:8], "little")
+    return explicit_vr or implicit_length < 1 << 16
+
+
+def read(path: Path, pixels: bool) -> Dataset:
+    """The dataset, with an implicit VR little-endian syntax assumed when none is given."""
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=not pixels)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        raise DicomError(f"not a readable DICOM file: {exc}") from exc
+    if "SOPClassUID" not in ds and "Modality" not in ds:
+        raise DicomError("not a DICOM object (no SOP class, no modality)")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return ds
+
+
+def read_info(path: Path) -> DicomInfo:
+    ds = read(path, pixels=False)
+    with path.open("rb") as handle:
+        has_pixels = b"\xe0\x7f\x10\x00" in handle.read()  # the (7FE0,0010) Pixel Data tag
+    return DicomInfo(
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        sop_uid=_text(ds, "SOPInstanceUID"),
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        view_position=_text(ds, "ViewPosition"),
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        frames=int(ds.get("NumberOfFrames") or 1),
+        has_pixels=has_pixels and "Rows" in ds,
+        rows=int(ds.get("Rows") or 0),
+        columns=int(ds.get("Columns") or 0),
+    )
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    return str(value).strip() or None if value is not None else None
+
+
+def refusal(info: DicomInfo, accept_any: bool) -> str | None:
+    """Why this object should not be scored as a frontal chest radiograph, or None."""
+    if not info.has_pixels:
+        return (
+            f"no pixel data (modality {info.modality or 'unknown'}: a report, state or key object?)"
+        )
+    if info.frames > 1:
+        return f"multi-frame object ({info.frames} frames); a chest radiograph is one frame"
+    if accept_any:
+        return None
+    if info.modality not in RADIOGRAPHY:
+        return f"modality {info.modality or 'unknown'} is not a radiograph (CR, DX or DR)"
+    if info.body_part and info.body_part.upper() != "CHEST":
+        return f"body part {info.body_part} is not CHEST"
+    if (info.view_position or "").upper() not in FRONTAL_VIEWS:
+        return f"view position {info.view_position} is not frontal (AP or PA)"
+    return None
+
+
+def deidentify(path: Path) -> None:
+    """Remove the patient's name and birth date from a stored copy (pixels untouched)."""
+    ds = pydicom.dcmread(path, force=True)
+    if not any(keyword in ds for keyword in IDENTIFYING):
+        return
+    for keyword in IDENTIFYING:
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.save_as(path, enforce_file_format=False)
+
+
+def load_image(path: Path, max_pixels: int) -> Image.Image:
+    """The object as an 8-bit grayscale image, as a viewer would display it."""
+    ds = read(path, pixels=True)
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows * columns > max_pixels:
+        raise DicomError(f"image is {columns}x{rows} pixels, over the limit of {max_pixels}")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # the plugins raise many types; all mean "cannot decode this"
+        syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+        raise DicomError(f"cannot decode transfer syntax {syntax.name} ({syntax}): {exc}") from exc
+    if int(ds.get("NumberOfFrames") or 1) > 1:
+        raise DicomError("multi-frame object; a chest radiograph is one frame")
+    if pixels.ndim == 3:  # colour: RGB or YBR, which pydicom converts to RGB
+        return Image.fromarray(pixels.astype(np.uint8)).convert("L")
+    return Image.fromarray(display_values(ds, pixels), mode="L")
+
+
+def display_values(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
+    """Modality LUT, then VOI LUT or the first window, MONOCHROME1 inverted, as uint8."""
+    modality = apply_modality_lut(pixels, ds)
+    values = np.asarray(modality, dtype=np.float64)
+    if "VOILUTSequence" in ds:
+        # A lookup table is indexed by the (integer) modality values themselves.
+        out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        looked_up = apply_voi_lut(np.rint(modality).astype(np.int64), ds, index=0, prefer_lut=True)
+        scaled = np.asarray(looked_up, dtype=np.float64) / float(2**out_bits - 1)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        scaled = _window(
+            values, _first(ds.WindowCenter), _first(ds.WindowWidth), ds.get("VOILUTFunction")
+        )
+    else:
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _first(value: Any) -> float:
+    """The first of several windows (a multi-valued element), as a number."""
+    if isinstance(value, MultiValue | list | tuple):
+        value = value[0]
+    return float(value)
+
+
+def _window(values: np.ndarray, center: float, width: float, function: Any) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2: the window as a 0..1 ramp (LINEAR, LINEAR_EXACT, SIGMOID)."""
+    kind = str(function or "LINEAR").upper()
+    if kind == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))
+    if kind == "LINEAR_EXACT":
+        return (values - (center - width / 2.0)) / max(width, 1e-6)
+    if width <= 1.0:
+        return (values > center - 0.5).astype(np.float64)
+    return (values - (center - 0.5)) / (width - 1.0) + 0.5

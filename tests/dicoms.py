@@ -1,0 +1,90 @@
+"""DICOM objects made at test time with pydicom (the two real files come from ../shared/data)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+DX_CLASS = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image Storage - For Presentation
+SR_CLASS = UID("1.2.840.10008.5.1.4.1.1.88.22")  # Enhanced SR
+PATIENT_NAME = "Doe^Jane"
+BIRTH_DATE = "20210314"
+
+
+def chest_like(rows: int = 96, columns: int = 80) -> np.ndarray:
+    """0..1 values shaped like a frontal chest film: bright mediastinum, dark lungs."""
+    x = np.linspace(-1, 1, columns)
+    y = np.linspace(-1, 1, rows)[:, None]
+    lungs = np.exp(-((np.abs(x) - 0.45) ** 2) / 0.05 - y**2 / 0.4)
+    return np.clip(0.85 - 0.7 * lungs + 0.1 * y, 0, 1)
+
+
+def dataset(
+    values: np.ndarray | None = None,
+    bits: int = 12,
+    photometric: str = "MONOCHROME2",
+    modality: str = "DX",
+    body_part: str | None = "CHEST",
+    view: str | None = "PA",
+    frames: int = 1,
+    sop_class: UID = DX_CLASS,
+    **elements: Any,
+) -> Dataset:
+    """A DICOM object whose stored pixels are `values` (0..1) on `bits` bits."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientBirthDate, ds.PatientID = PATIENT_NAME, BIRTH_DATE, "P-1"
+    ds.Modality = modality
+    if body_part:
+        ds.BodyPartExamined = body_part
+    if view:
+        ds.ViewPosition = view
+    if values is not None:
+        stored = np.round(values * (2**bits - 1)).astype(np.uint8 if bits <= 8 else np.uint16)
+        if photometric == "MONOCHROME1":
+            stored = (2**bits - 1) - stored  # the same picture, stored inverted
+        if frames > 1:
+            stored = np.stack([stored] * frames)
+            ds.NumberOfFrames = frames
+        ds.Rows, ds.Columns = values.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated = 8 if bits <= 8 else 16
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+        ds.PixelData = stored.tobytes()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def voi_lut(entries: int, first: int) -> Sequence:
+    """A VOI LUT item mapping [first, first + entries) linearly onto its full 16-bit output."""
+    item = Dataset()
+    item.LUTDescriptor = [entries, first, 16]
+    item.LUTData = np.linspace(0, 65535, entries).round().astype("<u2").tobytes()
+    return Sequence([item])
+
+
+def encode(ds: Dataset, acr_nema: bool = False) -> bytes:
+    """The file's bytes; `acr_nema` writes the old form: no preamble, no file meta."""
+    buffer = io.BytesIO()
+    if acr_nema:
+        ds.file_meta = FileMetaDataset()
+        ds.preamble = None
+        ds.save_as(buffer, enforce_file_format=False, implicit_vr=True, little_endian=True)
+        return buffer.getvalue()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def structured_report() -> bytes:
+    return encode(dataset(None, modality="SR", body_part=None, view=None, sop_class=SR_CLASS))

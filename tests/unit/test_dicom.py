@@ -1,0 +1,183 @@
+"""DICOM read as a viewer would: LUTs, windows, MONOCHROME1, bit depths, compressed syntaxes;
+objects that are not frontal chest radiographs are refused with a reason."""
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID, JPEG2000Lossless, RLELossless
+
+from core import dicom
+from core.imaging import DICOM, decode_for_model, sniff_file
+from tests.dicoms import (
+    BIRTH_DATE,
+    PATIENT_NAME,
+    chest_like,
+    dataset,
+    encode,
+    structured_report,
+    voi_lut,
+)
+
+
+def write(tmp_path: Path, data: bytes, name: str = "object.dcm") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def mediastinum_brighter_than_lungs(pixels: np.ndarray) -> bool:
+    """A frontal chest film shown right: the middle strip is brighter than the lung fields."""
+    rows, columns = pixels.shape[:2]
+    band = pixels[rows // 4 : 3 * rows // 4].astype(float)
+    middle = band[:, int(columns * 0.45) : int(columns * 0.55)].mean()
+    lungs = np.concatenate(
+        [
+            band[:, int(columns * 0.2) : int(columns * 0.35)],
+            band[:, int(columns * 0.65) : int(columns * 0.8)],
+        ],
+        axis=1,
+    ).mean()
+    return bool(middle > lungs + 20)
+
+
+def test_real_dx_with_file_meta_is_read_and_shown_upright(shared_data: Path) -> None:
+    path = shared_data / "dicom" / "nih_cxr14_DX_1024.dcm"
+    assert sniff_file(path) == DICOM
+    info = dicom.read_info(path)
+    assert (info.modality, info.frames, info.rows, info.has_pixels) == ("DX", 1, 1024, True)
+    assert info.study_uid
+    assert info.sop_uid
+    assert dicom.refusal(info, accept_any=False) is None  # no body part or view: not refused
+    assert mediastinum_brighter_than_lungs(np.asarray(dicom.load_image(path, 10**9)))
+
+
+def test_real_acr_nema_monochrome1_cr_is_read_and_inverted(shared_data: Path) -> None:
+    path = shared_data / "dicom" / "CR-MONO1-10-chest.dcm"
+    assert path.read_bytes()[128:132] != b"DICM"  # no preamble: recognised by its first element
+    assert sniff_file(path) == DICOM
+    info = dicom.read_info(path)
+    assert (info.modality, info.body_part, info.view_position) == ("CR", "CHEST", "PA")
+    pixels = np.asarray(dicom.load_image(path, 10**9))
+    assert mediastinum_brighter_than_lungs(pixels)  # MONOCHROME1 was inverted
+    model_input = decode_for_model(path, DICOM, 75, 10**9)
+    assert model_input.shape == (75, 75, 3)
+
+
+@pytest.mark.parametrize("bits", [8, 10, 12, 16])
+def test_every_bit_depth_becomes_full_range_8_bit(tmp_path: Path, bits: int) -> None:
+    values = chest_like()
+    pixels = np.asarray(
+        dicom.load_image(write(tmp_path, encode(dataset(values, bits=bits))), 10**9)
+    )
+    assert pixels.dtype == np.uint8
+    assert pixels.min() == 0
+    assert pixels.max() == 255
+    assert np.abs(pixels / 255.0 - (values - values.min()) / np.ptp(values)).max() < 0.02
+    assert mediastinum_brighter_than_lungs(pixels)
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+def test_monochrome1_looks_like_its_monochrome2_twin(tmp_path: Path, bits: int) -> None:
+    values = chest_like()
+    normal = dicom.load_image(write(tmp_path, encode(dataset(values, bits=bits)), "m2.dcm"), 10**9)
+    inverted = dicom.load_image(
+        write(tmp_path, encode(dataset(values, bits=bits, photometric="MONOCHROME1")), "m1.dcm"),
+        10**9,
+    )
+    assert np.abs(np.asarray(normal, int) - np.asarray(inverted, int)).max() <= 1
+
+
+def test_rescale_then_window_map_as_the_standard_says(tmp_path: Path) -> None:
+    stored = np.array([[0, 500, 1000, 1500, 2000]], dtype=float) / 4095  # 12-bit raw values
+    # Modality LUT: value = 2 * raw - 1000 -> -1000, 0, 1000, 2000, 3000; window 1000 +- 1000.
+    ds = dataset(
+        stored, bits=12, RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=1000, WindowWidth=2001
+    )
+    pixels = np.asarray(dicom.load_image(write(tmp_path, encode(ds)), 10**9))[0]
+    assert pixels.tolist()[0] == 0  # -1000: below the window
+    assert pixels.tolist()[1] == 0  # 0: the window's lower edge
+    assert abs(int(pixels[2]) - 128) <= 1  # 1000: the centre
+    assert pixels.tolist()[3:] == [255, 255]  # at and above the upper edge
+
+
+def test_the_first_of_several_windows_is_used(tmp_path: Path) -> None:
+    values = chest_like()
+    first = dataset(values, bits=12, WindowCenter=[1000, 3000], WindowWidth=[800, 200])
+    alone = dataset(values, bits=12, WindowCenter=1000, WindowWidth=800)
+    a = np.asarray(dicom.load_image(write(tmp_path, encode(first), "a.dcm"), 10**9))
+    b = np.asarray(dicom.load_image(write(tmp_path, encode(alone), "b.dcm"), 10**9))
+    assert np.array_equal(a, b)
+
+
+def test_a_voi_lut_sequence_is_applied(tmp_path: Path) -> None:
+    stored = np.array([[0, 1000, 1500, 2000, 4095]], dtype=float) / 4095
+    ds = dataset(stored, bits=12, VOILUTSequence=voi_lut(entries=1001, first=1000))
+    pixels = np.asarray(dicom.load_image(write(tmp_path, encode(ds)), 10**9))[0]
+    assert pixels[0] == 0
+    assert pixels[1] == 0
+    assert abs(int(pixels[2]) - 127) <= 1
+    assert pixels[3] == 255
+    assert pixels[4] == 255
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_compressed_syntaxes_decode_like_the_uncompressed_object(
+    tmp_path: Path, syntax: UID
+) -> None:
+    values = chest_like()
+    plain = dicom.load_image(write(tmp_path, encode(dataset(values, bits=12)), "plain.dcm"), 10**9)
+    compressed = dataset(values, bits=12)
+    compressed.compress(syntax)
+    path = write(tmp_path, encode(compressed), "compressed.dcm")
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
+    assert np.array_equal(np.asarray(dicom.load_image(path, 10**9)), np.asarray(plain))
+
+
+def test_an_undecodable_syntax_is_an_error_naming_it(tmp_path: Path) -> None:
+    ds = dataset(chest_like(), bits=8)
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG2 video
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3 not really mpeg"])
+    with pytest.raises(dicom.DicomError, match="cannot decode transfer syntax MPEG2"):
+        dicom.load_image(write(tmp_path, encode(ds)), 10**9)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason", "allowed_by_setting"),
+    [
+        (lambda: dataset(chest_like(), frames=3), "multi-frame object (3 frames)", False),
+        (structured_report, "no pixel data (modality SR", False),
+        (lambda: dataset(chest_like(), view="LL"), "view position LL is not frontal", True),
+        (
+            lambda: dataset(chest_like(), body_part="ABDOMEN"),
+            "body part ABDOMEN is not CHEST",
+            True,
+        ),
+        (lambda: dataset(chest_like(), modality="CT"), "modality CT is not a radiograph", True),
+    ],
+)
+def test_objects_that_are_not_frontal_chest_radiographs_are_refused(
+    tmp_path: Path, make: object, reason: str, allowed_by_setting: bool
+) -> None:
+    made = make()  # type: ignore[operator]
+    info = dicom.read_info(write(tmp_path, made if isinstance(made, bytes) else encode(made)))
+    assert (dicom.refusal(info, accept_any=False) or "").startswith(reason)
+    assert (dicom.refusal(info, accept_any=True) is None) is allowed_by_setting
+
+
+def test_a_truncated_object_is_an_error(tmp_path: Path) -> None:
+    data = encode(dataset(chest_like(), bits=16))
+    with pytest.raises(dicom.DicomError):
+        dicom.load_image(write(tmp_path, data[: len(data) // 2]), 10**9)
+
+
+def test_deidentify_removes_name_and_birth_date_and_keeps_pixels(tmp_path: Path) -> None:
+    path = write(tmp_path, encode(dataset(chest_like(), bits=12)))
+    before = np.asarray(dicom.load_image(path, 10**9))
+    dicom.deidentify(path)
+    raw = path.read_bytes()
+    assert PATIENT_NAME.encode() not in raw
+    assert BIRTH_DATE.encode() not in raw
+    assert np.array_equal(np.asarray(dicom.load_image(path, 10**9)), before)
