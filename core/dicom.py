@@ -23,8 +23,20 @@ from pydicom.uid import UID, ImplicitVRLittleEndian
 
 RADIOGRAPHY = ("CR", "DX", "DR")
 FRONTAL_VIEWS = ("AP", "PA", "")
-# Removed from the copies pneumoscan keeps: nothing identifies the patient on its disks.
-IDENTIFYING = ("PatientName", "PatientBirthDate", "PatientBirthTime", "OtherPatientNames")
+# Removed from the copies pneumoscan keeps: nothing on its disks names or identifies the patient.
+IDENTIFYING = (
+    "PatientName",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientID",
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+)
 
 
 class DicomError(ValueError):
@@ -112,7 +124,7 @@ def refusal(info: DicomInfo, accept_any: bool) -> str | None:
 
 
 def deidentify(path: Path) -> None:
-    """Remove the patient's name and birth date from a stored copy (pixels untouched)."""
+    """Remove the patient's name, birth date and identifiers from a stored copy (pixels kept)."""
     ds = pydicom.dcmread(path, force=True)
     if not any(keyword in ds for keyword in IDENTIFYING):
         return

@@ -131,15 +131,15 @@ def _classify(
     seen: set[str] = set()
     for candidate in expansion.candidates:
         fmt = sniff_file(candidate.path)
-        if fmt is None:
-            rejected.append(Rejection(candidate.relative_path, "not a JPEG, PNG or DICOM image"))
-            continue
+        reason: str | None = None if fmt else "not a JPEG, PNG or DICOM image"
         facts: dict[str, str | None] = {}
         if fmt == DICOM:
             reason, facts = _dicom_facts(candidate.path, storage, accept_any_dicom)
-            if reason:
-                rejected.append(Rejection(candidate.relative_path, reason))
-                continue
+        if reason:
+            rejected.append(Rejection(candidate.relative_path, reason))
+            if storage.root in candidate.path.resolve().parents:
+                candidate.path.unlink()  # our copy of something never scored is not kept
+            continue
         images.append(
             {
                 "relative_path": _unique(candidate.relative_path, seen),
