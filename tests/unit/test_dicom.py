@@ -1,13 +1,15 @@
 """DICOM read as a viewer would: LUTs, windows, MONOCHROME1, bit depths, compressed syntaxes;
 objects that are not frontal chest radiographs are refused with a reason."""
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.encaps import encapsulate
-from pydicom.uid import UID, JPEG2000Lossless, RLELossless
+from pydicom.uid import UID, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from core import dicom
 from core.imaging import DICOM, decode_for_model, sniff_file
@@ -181,3 +183,18 @@ def test_deidentify_removes_name_and_birth_date_and_keeps_pixels(tmp_path: Path)
     assert PATIENT_NAME.encode() not in raw
     assert BIRTH_DATE.encode() not in raw
     assert np.array_equal(np.asarray(dicom.load_image(path, 10**9)), before)
+
+
+def test_jpeg_baseline_encapsulated_pixels_decode(tmp_path: Path) -> None:
+    values = chest_like(128, 128)
+    picture = Image.fromarray(np.round(values * 255).astype(np.uint8), mode="L")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=95)
+    ds = dataset(values, bits=8)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    pixels = np.asarray(dicom.load_image(write(tmp_path, encode(ds)), 10**9), dtype=float)
+    stretched = (values - values.min()) / np.ptp(values)  # no window: the full range is shown
+    assert np.abs(pixels / 255.0 - stretched).mean() < 0.02
