@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -45,7 +45,13 @@ class Settings(BaseSettings):
     decode_threads: int = Field(4, ge=1, le=64, description="Decoding threads per process.")
     tf_intra_op_threads: int = Field(1, ge=0, description="0 lets TensorFlow choose.")
     tf_inter_op_threads: int = Field(1, ge=0, description="0 lets TensorFlow choose.")
-    worker_concurrency: int = Field(2, ge=1, description="Scoring processes per worker.")
+    worker_concurrency: int = Field(2, ge=1, description="Tasks a worker runs at once.")
+    worker_pool: Literal["prefork", "threads", "solo"] = Field(
+        "prefork", description="Celery pool of `pneumoscan worker`."
+    )
+    mixed_precision: bool = Field(
+        False, description="Train (and so score) in mixed precision: float16 on GPU."
+    )
     broker_poll_seconds: float = Field(0.1, gt=0, description="Embedded broker polling interval.")
     sweep_seconds: float = Field(
         30.0, gt=0, description="How often beat sweeps: waiting jobs, stalled jobs, old uploads."

@@ -130,12 +130,12 @@ def api(ctx: click.Context) -> None:
 )
 @click.option(
     "--pool",
-    default="prefork",
-    show_default=True,
+    default=None,
     type=click.Choice(["prefork", "solo", "threads"]),
+    help="Default: PNEUMOSCAN_WORKER_POOL.",
 )
 @click.pass_context
-def worker(ctx: click.Context, queues: str, concurrency: int | None, pool: str) -> None:
+def worker(ctx: click.Context, queues: str, concurrency: int | None, pool: str | None) -> None:
     """Run a Celery worker; it loads the active model lazily in each child process."""
     from worker.celery_app import create_celery
 
@@ -149,7 +149,7 @@ def worker(ctx: click.Context, queues: str, concurrency: int | None, pool: str) 
             "--concurrency",
             str(concurrency or settings.worker_concurrency),
             "--pool",
-            pool,
+            pool or settings.worker_pool,
             "--loglevel",
             settings.log_level,
             "--hostname",

@@ -1,0 +1,354 @@
+"""Scoring throughput against its physical bound and a naive pipeline, in one run.
+
+    .venv/bin/python bench/throughput.py [--images 1000] [--runs 3]
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/pneumoscan_bench]
+        [--broker-url redis://127.0.0.1:6379/0]
+
+InceptionResNetV2 at 75x75 (random weights) and the real full-resolution JPEGs of
+../shared/data/origres (or PNEUMOSCAN_TEST_DATA), repeated to `--images`:
+
+  model    the loaded model's forward pass on pre-decoded tensors, batches of the pipeline's size
+  decode   decoding and preprocessing alone, with the pipeline's own function and threads
+  bound    1 / (1/model + 1/decode): the machine's rate if nothing else cost anything
+  service  a zip POSTed to the real API, scored by real worker processes, from the start of
+           the POST to the last result committed
+  naive    what tutorials do: full decode and resize, one `predict` per image, one INSERT and
+           commit per result
+
+Each figure is the median of `--runs` runs (min and max shown). Also: worker memory, and the
+time from the start of an upload to its first result on a warm worker. Worker settings come
+from the environment (PNEUMOSCAN_*), as in production. A JSON copy goes to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from core.config import load_settings  # noqa: E402
+from core.imaging import load_model_input  # noqa: E402
+from core.inference import predict_padded  # noqa: E402
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 1),
+        "min": round(min(values), 1),
+        "max": round(max(values), 1),
+    }
+
+
+def measure_decode(paths: list[Path], threads: int, size: int) -> float:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda p: load_model_input(p, size, 10**9), paths))
+    return len(paths) / (time.perf_counter() - started)
+
+
+def measure_model(network: Any, inputs: np.ndarray, batch: int) -> float:
+    started = time.perf_counter()
+    predict_padded(network, inputs, batch)
+    return len(inputs) / (time.perf_counter() - started)
+
+
+def measure_naive(model_path: Path, paths: list[Path], database: Path) -> float:
+    """Per image: full decode and resize, `model.predict` on one image, one INSERT, one commit."""
+    import sqlite3
+
+    import keras
+    from PIL import Image
+
+    network = keras.models.load_model(model_path, compile=False)
+    connection = sqlite3.connect(database)
+    connection.execute("CREATE TABLE IF NOT EXISTS results (path TEXT, probability REAL)")
+    network.predict(np.zeros((1, 75, 75, 3), np.float32), verbose=0)  # build, trace
+    started = time.perf_counter()
+    for path in paths:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB").resize((75, 75)), dtype=np.float32)
+        probability = float(network.predict(pixels[np.newaxis], verbose=0)[0, 0])
+        connection.execute("INSERT INTO results VALUES (?, ?)", (str(path), probability))
+        connection.commit()
+    rate = len(paths) / (time.perf_counter() - started)
+    connection.close()
+    return rate
+
+
+def study_zip(paths: list[Path], count: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:
+        for i in range(count):
+            path = paths[i % len(paths)]
+            bundle.write(path, f"{i // len(paths):02d}/{path.parent.name}/{path.name}")
+    return buffer.getvalue()
+
+
+def process_tree_rss_mb(pid: int) -> tuple[float, float]:
+    """(total, largest single process) resident memory of `pid` and its descendants, MB."""
+    pids, frontier = [pid], [pid]
+    while frontier:
+        children = subprocess.run(
+            ["pgrep", "-P", ",".join(map(str, frontier))], capture_output=True, text=True
+        )
+        frontier = [int(p) for p in children.stdout.split()]
+        pids += frontier
+    sizes = []
+    for each in pids:
+        try:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]) / 1024)
+        except OSError:
+            continue
+    return sum(sizes), max(sizes, default=0.0)
+
+
+class Service:
+    """`pneumoscan api` and `pneumoscan worker` on a temporary home, with an active model."""
+
+    def __init__(self, env: dict[str, str], model: Path, port: int) -> None:
+        self.env, self.base = env, f"http://127.0.0.1:{port}"
+        cli = [sys.executable, "-m", "core.cli"]
+        run = {"env": env, "cwd": REPO, "check": True, "capture_output": True, "text": True}
+        subprocess.run([*cli, "db", "upgrade"], **run)  # type: ignore[call-overload]
+        subprocess.run([*cli, "models", "import", str(model), "--activate"], **run)  # type: ignore[call-overload]
+        key = subprocess.run(
+            [*cli, "keys", "create", "--name", "bench", "--scope", "submit"], **run
+        ).stdout  # type: ignore[call-overload]
+        self.http = httpx.Client(
+            base_url=self.base, headers={"Authorization": f"Bearer {key.strip()}"}, timeout=600
+        )
+        home = Path(env["PNEUMOSCAN_HOME"])
+        self.api = subprocess.Popen(
+            [*cli, "api"],
+            env=env,
+            cwd=REPO,
+            stdout=(home / "api.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        self.worker = subprocess.Popen(
+            [*cli, "worker"],
+            env=env,
+            cwd=REPO,
+            stdout=(home / "worker.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        self.rss_total, self.rss_process = 0.0, 0.0
+        self._sampling = True
+        threading.Thread(target=self._sample, daemon=True).start()
+        for _ in range(120):
+            try:
+                if self.http.get("/readyz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit("the API did not come up")
+
+    def _sample(self) -> None:
+        while self._sampling:
+            total, largest = process_tree_rss_mb(self.worker.pid)
+            self.rss_total, self.rss_process = (
+                max(self.rss_total, total),
+                max(self.rss_process, largest),
+            )
+            time.sleep(0.25)
+
+    def score(self, archive: bytes) -> dict[str, float]:
+        """Seconds from the start of the POST to the first and the last committed result."""
+        from sqlalchemy import create_engine, text
+
+        started = datetime.now(UTC)
+        job = (
+            self.http.post("/v1/jobs", files={"archive": ("study.zip", archive)})
+            .raise_for_status()
+            .json()
+        )
+        while job["status"] not in ("completed", "failed", "cancelled"):
+            time.sleep(0.05)
+            job = self.http.get(f"/v1/jobs/{job['id']}").json()
+        if job["status"] != "completed" or job["errors"]:
+            raise SystemExit(f"job ended {job['status']} with {job['errors']} errors")
+        engine = create_engine(
+            load_settings(**{"database_url": self.env["PNEUMOSCAN_DATABASE_URL"]}).database_url
+        )
+        with engine.connect() as connection:
+            first, last = connection.execute(
+                text("SELECT min(scored_at), max(scored_at) FROM images WHERE job_id = :id"),
+                {"id": job["id"]},
+            ).one()
+        engine.dispose()
+        first = _aware(first)
+        last = _aware(last)
+        return {
+            "seconds": (last - started).total_seconds(),
+            "first_result_seconds": (first - started).total_seconds(),
+            "images": job["total"],
+        }
+
+    def close(self) -> None:
+        self._sampling = False
+        for process in (self.api, self.worker):
+            process.terminate()
+            process.wait(60)
+
+
+def _aware(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--naive-images", type=int, default=100)
+    parser.add_argument("--database-url", default="")
+    parser.add_argument("--broker-url", default="")
+    parser.add_argument("--port", type=int, default=8768)
+    args = parser.parse_args()
+
+    data = Path(os.environ.get("PNEUMOSCAN_TEST_DATA", REPO.parent / "shared" / "data")) / "origres"
+    paths = sorted(data.rglob("*.jpeg"))
+    if not paths:
+        raise SystemExit(f"no X-rays under {data}")
+    home = Path(tempfile.mkdtemp(prefix="pneumoscan-throughput-"))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PNEUMOSCAN_")
+        or k
+        in (
+            "PNEUMOSCAN_BATCH_SIZE",
+            "PNEUMOSCAN_DECODE_THREADS",
+            "PNEUMOSCAN_TF_INTRA_OP_THREADS",
+            "PNEUMOSCAN_TF_INTER_OP_THREADS",
+            "PNEUMOSCAN_WORKER_CONCURRENCY",
+            "PNEUMOSCAN_WORKER_POOL",
+            "PNEUMOSCAN_MIXED_PRECISION",
+        )
+    }
+    env.update(
+        PNEUMOSCAN_HOME=str(home),
+        PNEUMOSCAN_API_PORT=str(args.port),
+        PNEUMOSCAN_MAX_UPLOAD_MB="8192",
+        PNEUMOSCAN_BROKER_PREFIX=f"throughput-{uuid.uuid4().hex[:8]}:",
+    )
+    if args.database_url:
+        env["PNEUMOSCAN_DATABASE_URL"] = args.database_url
+    else:
+        env["PNEUMOSCAN_DATABASE_URL"] = f"sqlite:///{home / 'pneumoscan.db'}"
+    if args.broker_url:
+        env["PNEUMOSCAN_BROKER_URL"] = args.broker_url
+    settings = load_settings(
+        **{k[11:].lower(): v for k, v in env.items() if k.startswith("PNEUMOSCAN_")}
+    )
+    batch, size = settings.batch_size, 75
+    workers = settings.worker_concurrency
+    decode_threads = settings.decode_threads * (workers if settings.worker_pool == "prefork" else 1)
+
+    import keras
+
+    from training.model import make_model
+
+    model_path = home / "inception_resnet_v2.keras"
+    network = make_model("inception_resnet_v2", size)
+    network.save(model_path)
+
+    sample = [paths[i % len(paths)] for i in range(args.images)]
+    decode_rates = [measure_decode(sample, decode_threads, size) for _ in range(args.runs)]
+    inputs = np.stack([load_model_input(p, size, 10**9) for p in paths]).astype(np.float32)
+    inputs = np.concatenate([inputs] * (args.images // len(paths) + 1))[: args.images]
+    network = keras.models.load_model(model_path, compile=False)
+    predict_padded(network, inputs[:batch], batch)  # trace the one batch shape
+    model_rates = [measure_model(network, inputs, batch) for _ in range(args.runs)]
+    del network
+    naive_rates = [
+        measure_naive(model_path, paths[: args.naive_images], home / "naive.db")
+        for _ in range(args.runs)
+    ]
+
+    archive = study_zip(paths, args.images)
+    service = Service(env, model_path, args.port)
+    try:
+        service.score(study_zip(paths, batch))  # warm: model loaded and traced in the worker
+        runs = [service.score(archive) for _ in range(args.runs)]
+    finally:
+        service.close()
+    service_rates = [run["images"] / run["seconds"] for run in runs]
+    first_results = [run["first_result_seconds"] for run in runs]
+
+    model, decode = statistics.median(model_rates), statistics.median(decode_rates)
+    bound = 1 / (1 / model + 1 / decode)
+    served, naive = statistics.median(service_rates), statistics.median(naive_rates)
+    figures = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} CPUs, {os.uname().machine}",
+        "images": args.images,
+        "settings": {
+            "batch_size": batch,
+            "worker_pool": settings.worker_pool,
+            "worker_concurrency": workers,
+            "decode_threads": settings.decode_threads,
+            "tf_intra_op_threads": settings.tf_intra_op_threads,
+            "tf_inter_op_threads": settings.tf_inter_op_threads,
+            "mixed_precision": settings.mixed_precision,
+            "database": "postgresql" if args.database_url else "sqlite",
+            "broker": "redis" if args.broker_url else "filesystem",
+        },
+        "model": summary(model_rates),
+        "decode": summary(decode_rates),
+        "bound": round(bound, 1),
+        "service": summary(service_rates),
+        "naive": summary(naive_rates),
+        "service_over_bound": round(served / bound, 3),
+        "service_over_naive": round(served / naive, 1),
+        "first_result_seconds": summary(first_results),
+        "worker_rss_mb": {
+            "total": round(service.rss_total),
+            "largest_process": round(service.rss_process),
+        },
+    }
+    print(f"images            {args.images} (origres repeated), batch {batch}")
+    for name in ("model", "decode", "service", "naive"):
+        f = figures[name]
+        print(f"{name:17} {f['median']:7.1f} images/s  (min {f['min']}, max {f['max']})")
+    print(f"bound             {bound:7.1f} images/s")
+    print(f"service/bound     {figures['service_over_bound']:7.3f}")
+    print(f"service/naive     {figures['service_over_naive']:7.1f}")
+    print(
+        f"first result      {figures['first_result_seconds']['median']:7.1f} s after upload began"
+    )
+    print(
+        f"worker RSS        {figures['worker_rss_mb']['total']} MB in all, "
+        f"{figures['worker_rss_mb']['largest_process']} MB largest process"
+    )
+    out = REPO / "bench" / "results" / f"throughput-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"written to {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
