@@ -11,23 +11,33 @@ from typing import Any
 from apispec import APISpec, BasePlugin
 from marshmallow import Schema
 
+Body = type[Schema] | dict[str, Any]
+
+
+def _schema_of(body: Body) -> dict[str, Any]:
+    if isinstance(body, dict):
+        return body
+    return {"$ref": f"#/components/schemas/{body.__name__}"}
+
 
 class RequestBodiesPlugin(BasePlugin):
     """Documents request bodies with several content types, each from a marshmallow schema."""
 
     def __init__(self) -> None:
-        self._bodies: dict[tuple[str, str], dict[str, type[Schema]]] = {}
+        self._bodies: dict[tuple[str, str], dict[str, Body]] = {}
         self._spec: APISpec | None = None
 
-    def add(self, path: str, method: str, content: dict[str, type[Schema]]) -> None:
+    def add(self, path: str, method: str, content: dict[str, Body]) -> None:
+        """Each media type takes a marshmallow schema, or a plain JSON schema (a raw body)."""
         self._bodies[(path, method.lower())] = content
 
     def init_spec(self, spec: APISpec) -> None:
         self._spec = spec
         # The marshmallow plugin converts these into components, as for any other schema.
         for content in self._bodies.values():
-            for schema in content.values():
-                spec.components.schema(schema.__name__, schema=schema)
+            for body in content.values():
+                if not isinstance(body, dict):
+                    spec.components.schema(body.__name__, schema=body)
 
     def operation_helper(
         self, path: str | None = None, operations: dict[str, Any] | None = None, **_: Any
@@ -37,7 +47,7 @@ class RequestBodiesPlugin(BasePlugin):
                 operations[method]["requestBody"] = {
                     "required": True,
                     "content": {
-                        media_type: {"schema": {"$ref": f"#/components/schemas/{schema.__name__}"}}
-                        for media_type, schema in content.items()
+                        media_type: {"schema": _schema_of(body)}
+                        for media_type, body in content.items()
                     },
                 }

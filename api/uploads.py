@@ -1,4 +1,9 @@
-"""Uploads stream to disk next to their final place, and are linked there, not copied."""
+"""Uploads stream to disk next to their final place, and are linked there, not copied.
+
+Every upload is written, while it arrives, to a temporary file under
+`storage/uploads/.incoming/` that holds an `flock` for as long as its request lives: the
+sweep deletes only the temporary files nobody holds (their API process died).
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,25 @@ from werkzeug.datastructures import FileStorage
 
 from api.context import api_context
 from core.recovery import INCOMING
+from core.storage import Storage
+
+CHUNK = 1024 * 1024
+
+
+def incoming_dir(storage: Storage) -> Path:
+    incoming = storage.root / "uploads" / INCOMING
+    incoming.mkdir(parents=True, exist_ok=True)
+    return incoming
+
+
+def _locked_temporary(incoming: Path) -> IO[bytes]:
+    stream = tempfile.NamedTemporaryFile(dir=incoming, prefix="upload-")  # noqa: SIM115
+    fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return stream
 
 
 class StreamingUploadRequest(Request):
-    """Writes each uploaded file to a temporary file on the storage volume while it arrives.
-
-    The temporary file disappears with the request; `persist` links it to its job folder.
-    """
+    """Multipart files go to a locked temporary file on the storage volume as they arrive."""
 
     def _get_file_stream(
         self,
@@ -29,12 +46,7 @@ class StreamingUploadRequest(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IO[bytes]:
-        incoming = api_context(current_app).storage.root / "uploads" / INCOMING
-        incoming.mkdir(parents=True, exist_ok=True)
-        stream = tempfile.NamedTemporaryFile(dir=incoming, prefix="upload-")  # noqa: SIM115
-        # Held while this process lives: the sweep deletes only files nobody holds.
-        fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return stream
+        return _locked_temporary(incoming_dir(api_context(current_app).storage))
 
 
 def persist(upload: FileStorage, target: Path) -> None:
@@ -49,4 +61,20 @@ def persist(upload: FileStorage, target: Path) -> None:
             pass  # another filesystem, or no hard links: copy instead
     upload.stream.seek(0)
     with target.open("wb") as sink:
-        shutil.copyfileobj(upload.stream, sink, 1024 * 1024)
+        shutil.copyfileobj(upload.stream, sink, CHUNK)
+
+
+def save_body(stream: IO[bytes], target: Path, incoming: Path) -> int:
+    """Write a raw request body to `target` through a locked temporary file; returns its size."""
+    with _locked_temporary(incoming) as temporary:
+        size = 0
+        while chunk := stream.read(CHUNK):
+            temporary.write(chunk)
+            size += len(chunk)
+        temporary.flush()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(temporary.name, target)
+        except OSError:
+            shutil.copyfile(temporary.name, target)
+    return size

@@ -51,6 +51,28 @@ def test_archive_upload_is_queued_with_a_location(client: FlaskClient, settings:
     assert client.get(response.headers["Location"]).get_json()["id"] == job["id"]
 
 
+def test_a_zip_sent_as_the_whole_body_is_queued(client: FlaskClient, settings: Settings) -> None:
+    archive = zip_bytes([("a/1.jpeg", jpeg_bytes())])
+    response = client.post(
+        "/v1/jobs",
+        data=archive,
+        headers={
+            "Content-Type": "application/zip",
+            "Content-Disposition": 'attachment; filename="s1.zip"',
+        },
+    )
+    assert response.status_code == 202, response.get_json()
+    job = response.get_json()
+    assert (job["source_kind"], job["source_name"]) == ("archive", "s1.zip")
+    assert (
+        Storage(settings.storage_dir).job_dir(job["id"]) / "archive.zip"
+    ).read_bytes() == archive
+    for body, message in ((b"", "empty"), (b"%PDF-1.4 not a zip", "not a zip")):
+        refused = client.post("/v1/jobs", data=body, headers={"Content-Type": "application/zip"})
+        assert refused.status_code == 400
+        assert message in error_of(refused)["message"]
+
+
 def test_multi_file_upload_keeps_relative_paths(client: FlaskClient, settings: Settings) -> None:
     files = [
         (io.BytesIO(jpeg_bytes()), "study-1/frontal.jpeg"),
@@ -182,7 +204,7 @@ def test_openapi_document_describes_both_submission_bodies(client: FlaskClient) 
         warnings.simplefilter("error")  # e.g. apispec's "schema added twice"
         spec = client.get("/openapi.json").get_json()
     body = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
-    assert set(body) == {"application/json", "multipart/form-data"}
+    assert set(body) == {"application/json", "multipart/form-data", "application/zip"}
     upload = spec["components"]["schemas"]["UploadJobIn"]["properties"]
     assert upload["archive"]["format"] == "binary"
     assert spec["components"]["schemas"]["FolderJobIn"]["required"] == ["folder"]
