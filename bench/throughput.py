@@ -181,6 +181,7 @@ class Service:
 
         started = datetime.now(UTC)
         job = self.client.submit(archive)  # the real client: `pneumoscan submit` uses it
+        uploaded = datetime.now(UTC)
         while job["status"] not in ("completed", "failed", "cancelled"):
             time.sleep(0.05)
             job = self.http.get(f"/v1/jobs/{job['id']}").json()
@@ -197,9 +198,13 @@ class Service:
         engine.dispose()
         first = _aware(first)
         last = _aware(last)
+        ingested = _aware(job["started_at"])
         return {
             "seconds": (last - started).total_seconds(),
             "first_result_seconds": (first - started).total_seconds(),
+            "upload_seconds": (uploaded - started).total_seconds(),
+            "ingest_seconds": (ingested - uploaded).total_seconds(),
+            "scoring_seconds": (last - ingested).total_seconds(),
             "images": job["total"],
         }
 
@@ -323,6 +328,10 @@ def main() -> None:
         "service_over_bound": round(served / bound, 3),
         "service_over_naive": round(served / naive, 1),
         "first_result_seconds": summary(first_results),
+        "phases_seconds": {
+            phase: summary([run[f"{phase}_seconds"] for run in runs])["median"]
+            for phase in ("upload", "ingest", "scoring")
+        },
         "worker_rss_mb": {
             "total": round(service.rss_total),
             "largest_process": round(service.rss_process),
@@ -333,6 +342,11 @@ def main() -> None:
         f = figures[name]
         print(f"{name:17} {f['median']:7.1f} images/s  (min {f['min']}, max {f['max']})")
     print(f"bound             {bound:7.1f} images/s")
+    phases = figures["phases_seconds"]
+    print(
+        f"service phases    upload {phases['upload']} s, ingest {phases['ingest']} s, "
+        f"scoring {phases['scoring']} s (medians)"
+    )
     print(f"service/bound     {figures['service_over_bound']:7.3f}")
     print(f"service/naive     {figures['service_over_naive']:7.1f}")
     print(

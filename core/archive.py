@@ -10,7 +10,7 @@ import os
 import re
 import stat
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -60,9 +60,15 @@ class Expansion:
     candidates: list[Candidate] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
 
-    def extend(self, other: Expansion) -> None:
-        self.candidates.extend(other.candidates)
-        self.rejected.extend(other.rejected)
+    @classmethod
+    def collect(cls, entries: Iterable[Candidate | Rejection]) -> Expansion:
+        expansion = cls()
+        for entry in entries:
+            if isinstance(entry, Candidate):
+                expansion.candidates.append(entry)
+            else:
+                expansion.rejected.append(entry)
+        return expansion
 
 
 def clean_relative_path(name: str) -> str:
@@ -137,80 +143,92 @@ class _NameSource:
         return self.directory / f"{self.counter:06d}"
 
 
-def expand_archive(
+Entry = Candidate | Rejection
+
+
+def iter_archive(
     archive: Path, dest: Path, limits: ArchiveLimits, budget: ArchiveBudget | None = None
-) -> Expansion:
-    """Extract `archive` into `dest`; one level of nested zip is followed, deeper is refused.
+) -> Iterator[Entry]:
+    """Extract `archive` into `dest` member by member, yielding each candidate or refusal as
+    soon as it is known; one level of nested zip is followed, deeper is refused.
 
     Pass one `budget` for several archives of the same job so the limits hold for the job.
     """
     dest.mkdir(parents=True, exist_ok=True)
     budget = budget or ArchiveBudget(limits)
     budget.count_input(archive)
-    return _expand(archive, "", _NameSource(dest), budget, depth=0)
+    yield from _iter_zip(archive, "", _NameSource(dest), budget, depth=0)
 
 
-def _expand(
-    archive: Path, prefix: str, names: _NameSource, budget: ArchiveBudget, depth: int
+def expand_archive(
+    archive: Path, dest: Path, limits: ArchiveLimits, budget: ArchiveBudget | None = None
 ) -> Expansion:
+    """`iter_archive`, all at once."""
+    return Expansion.collect(iter_archive(archive, dest, limits, budget))
+
+
+def _iter_zip(
+    archive: Path, prefix: str, names: _NameSource, budget: ArchiveBudget, depth: int
+) -> Iterator[Entry]:
     try:
-        with zipfile.ZipFile(archive) as bundle:
-            members = bundle.infolist()
-            if not members and depth == 0:
-                raise ArchiveError("the archive is empty")
-            expansion = Expansion()
-            for info in members:
-                expansion.extend(_expand_member(bundle, info, prefix, names, budget, depth))
-            return expansion
-    except zipfile.BadZipFile as exc:
+        bundle = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
         raise ArchiveError(f"not a readable zip archive: {exc}") from exc
+    with bundle:
+        members = bundle.infolist()
+        if not members and depth == 0:
+            raise ArchiveError("the archive is empty")
+        for info in members:
+            yield from _iter_member(bundle, info, prefix, names, budget, depth)
 
 
-def _expand_member(
+def _iter_member(
     bundle: zipfile.ZipFile,
     info: zipfile.ZipInfo,
     prefix: str,
     names: _NameSource,
     budget: ArchiveBudget,
     depth: int,
-) -> Expansion:
+) -> Iterator[Entry]:
     if info.is_dir():
-        return Expansion()
+        return
     budget.count_member()
-    shown = prefix + info.filename
     try:
         relative = prefix + clean_relative_path(info.filename)
     except UnsafePathError as exc:
-        return Expansion(rejected=[Rejection(shown, f"unsafe path: {exc}")])
-    if is_ignored(clean_relative_path(info.filename)):
-        return Expansion()
+        yield Rejection(prefix + info.filename, f"unsafe path: {exc}")
+        return
+    if is_ignored(relative[len(prefix) :]):
+        return
     reason = _member_refusal(info)
     if reason:
-        return Expansion(rejected=[Rejection(relative, reason)])
+        yield Rejection(relative, reason)
+        return
     target = names.next_path()
     try:
         _copy_member(bundle, info, target, budget)
     except _MemberRefusedError as exc:
         target.unlink(missing_ok=True)
-        return Expansion(rejected=[Rejection(relative, str(exc))])
+        yield Rejection(relative, str(exc))
+        return
     if is_zip_file(target):
-        return _expand_nested(target, relative, names, budget, depth)
-    return Expansion(candidates=[Candidate(relative, target)])
+        yield from _iter_nested(target, relative, names, budget, depth)
+    else:
+        yield Candidate(relative, target)
 
 
-def _expand_nested(
+def _iter_nested(
     target: Path, relative: str, names: _NameSource, budget: ArchiveBudget, depth: int
-) -> Expansion:
+) -> Iterator[Entry]:
     try:
         if depth >= 1:
-            return Expansion(
-                rejected=[Rejection(relative, "nested archive more than one level deep")]
-            )
-        return _expand(target, relative + "/", names, budget, depth + 1)
+            yield Rejection(relative, "nested archive more than one level deep")
+            return
+        yield from _iter_zip(target, relative + "/", names, budget, depth + 1)
     except ArchiveLimitError:
         raise
     except ArchiveError as exc:
-        return Expansion(rejected=[Rejection(relative, f"nested archive refused: {exc}")])
+        yield Rejection(relative, f"nested archive refused: {exc}")
     finally:
         target.unlink(missing_ok=True)
 
@@ -250,11 +268,10 @@ def _copy_member(
         raise _MemberRefusedError(f"corrupt member: {exc}") from exc
 
 
-def collect_folder(
+def iter_folder(
     root: Path, folder: Path, archives_dest: Path, limits: ArchiveLimits
-) -> Expansion:
+) -> Iterator[Entry]:
     """Files under `folder` in place; zips among them expanded into `archives_dest`."""
-    expansion = Expansion()
     budget = ArchiveBudget(limits)
     names = _NameSource(archives_dest)
     for path, relative in _walk(folder):
@@ -262,26 +279,31 @@ def collect_folder(
         if is_ignored(relative):
             continue
         if path.is_symlink() and not _inside(path.resolve(), root):
-            expansion.rejected.append(Rejection(relative, "symbolic link leaving the import root"))
-            continue
-        if is_zip_file(path):
+            yield Rejection(relative, "symbolic link leaving the import root")
+        elif is_zip_file(path):
             archives_dest.mkdir(parents=True, exist_ok=True)
-            expansion.extend(_expand_nested_in_folder(path, relative, names, budget))
-            continue
-        expansion.candidates.append(Candidate(relative, path))
-    return expansion
+            yield from _iter_zip_in_folder(path, relative, names, budget)
+        else:
+            yield Candidate(relative, path)
 
 
-def _expand_nested_in_folder(
-    path: Path, relative: str, names: _NameSource, budget: ArchiveBudget
+def collect_folder(
+    root: Path, folder: Path, archives_dest: Path, limits: ArchiveLimits
 ) -> Expansion:
+    """`iter_folder`, all at once."""
+    return Expansion.collect(iter_folder(root, folder, archives_dest, limits))
+
+
+def _iter_zip_in_folder(
+    path: Path, relative: str, names: _NameSource, budget: ArchiveBudget
+) -> Iterator[Entry]:
     budget.count_input(path)
     try:
-        return _expand(path, relative + "/", names, budget, depth=1)
+        yield from _iter_zip(path, relative + "/", names, budget, depth=1)
     except ArchiveLimitError:
         raise
     except ArchiveError as exc:
-        return Expansion(rejected=[Rejection(relative, f"archive refused: {exc}")])
+        yield Rejection(relative, f"archive refused: {exc}")
 
 
 def _walk(folder: Path) -> Iterator[tuple[Path, str]]:

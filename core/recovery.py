@@ -56,7 +56,7 @@ def claim_ingest(session: Session, job_id: str, stale_after: timedelta) -> bool:
         update(Job)
         .where(
             Job.id == job_id,
-            Job.status == JobStatus.QUEUED,
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
             Job.total.is_(None),
             (Job.ingest_started_at.is_(None)) | (Job.ingest_started_at < cutoff),
         )
@@ -66,12 +66,12 @@ def claim_ingest(session: Session, job_id: str, stale_after: timedelta) -> bool:
 
 
 def jobs_to_ingest_again(session: Session, stale_after: timedelta) -> list[str]:
-    """Queued jobs whose ingest never started or stopped (a lost message, a dead worker)."""
+    """Jobs whose ingest never started or never finished (a lost message, a dead worker)."""
     cutoff = utcnow() - stale_after
     return list(
         session.scalars(
             select(Job.id).where(
-                Job.status == JobStatus.QUEUED,
+                Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
                 Job.total.is_(None),
                 Job.waiting_for_model.is_(False),
                 Job.created_at < cutoff,

@@ -84,7 +84,7 @@ def record_results(
     if new:
         _write_images(session, new, model)
         _advance_job(session, job_id, new, model.version)
-    _complete_if_done(session, job_id)
+    complete_if_done(session, job_id)
     return len(new)
 
 
@@ -149,7 +149,8 @@ def _advance_job(
         job.model_versions = [*job.model_versions, version]
 
 
-def _complete_if_done(session: Session, job_id: str) -> None:
+def complete_if_done(session: Session, job_id: str) -> None:
+    """Mark the job completed when every image has a result (and ingest counted them all)."""
     now = utcnow()
     session.execute(
         update(Job)

@@ -48,7 +48,8 @@ def make_inception_resnet_v2(
         backbone.load_weights(Path(weights))
     features = layers.Flatten(name="flatten")(backbone(scaled))
     hidden = layers.Dense(75, activation="relu", name="dense_75")(features)
-    outputs = layers.Dense(1, activation="sigmoid", name="pneumonia")(hidden)
+    # float32 output even under a mixed-precision policy, for a stable loss and probabilities.
+    outputs = layers.Dense(1, activation="sigmoid", name="pneumonia", dtype="float32")(hidden)
     return keras.Model(inputs, outputs, name=INCEPTION_RESNET_V2)
 
 
@@ -61,7 +62,7 @@ def make_baseline_cnn(input_size: int = DEFAULT_INPUT_SIZE) -> keras.Model:
         x = layers.MaxPooling2D(2, padding="same", name=f"pool{block}")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(75, activation="relu", name="dense_75")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="pneumonia", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=BASELINE_CNN)
 
 

@@ -178,7 +178,9 @@ def _train_and_register(
     )
     holdout, _ = load_arrays(data.holdout, size, settings.decode_threads, settings.max_image_pixels)
     log.info("run %s: data %s", run_id, data.summary())
-    network, recorder = _fit(db, run_id, params, train, validation, progress)
+    network, recorder = _fit(
+        db, run_id, params, train, validation, progress, settings.mixed_precision
+    )
     history = recorder.history
 
     # The threshold is chosen on validation; the holdout only measures.
@@ -239,10 +241,13 @@ def _fit(
     train: Arrays,
     validation: Arrays,
     progress: Progress | None,
+    mixed_precision: bool = False,
 ) -> tuple[Any, _RunRecorder]:
     import tensorflow as tf
 
     keras.utils.set_random_seed(SEED)
+    # float16 compute on GPUs; the saved model keeps the policy, so scoring uses it too.
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
     weights = None if params.weights == "none" else params.weights
     network = make_model(params.architecture, train.x.shape[1], weights)
     compile_model(network)

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,9 @@ class LoadedModel:
     version_id: int
     input_size: int
     network: Any  # a keras.Model
+    # One forward pass at a time per model: with the threads pool, one thread decodes its
+    # batch while another runs the model, and the model is in memory once.
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
 
 class ActiveModelCache:
@@ -224,9 +227,9 @@ def predict_images(
     probabilities: dict[int, float] = {}
     if ok:
         stacked = np.stack([decoded[i] for i in ok]).astype(np.float32)
-        for index, probability in zip(
-            ok, predict_padded(loaded.network, stacked, settings.batch_size), strict=True
-        ):
+        with loaded.lock:
+            predicted = predict_padded(loaded.network, stacked, settings.batch_size)
+        for index, probability in zip(ok, predicted, strict=True):
             probabilities[index] = float(probability)
     return [
         ImageResult(image.image_id, probabilities[i], None)

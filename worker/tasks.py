@@ -36,11 +36,17 @@ RETRY_WHILE_DATABASE_IS_DOWN: dict[str, Any] = {
 def ingest_job(self: Task, job_id: str) -> None:
     """Expand a job's upload into image rows, then release its scoring batches."""
     context = context_of(self.app)
-    outcome = ingest.ingest_job(context.db, context.storage, context.settings, job_id)
+    outcome = ingest.ingest_job(
+        context.db,
+        context.storage,
+        context.settings,
+        job_id,
+        release=lambda image_ids: score_batch.delay(job_id, image_ids),
+    )
     log.info("job %s ingested: %d images", job_id, outcome.total)
-    if outcome.ready_to_score:
-        enqueue_scoring(context, job_id)
-    else:
+    if outcome.scoring and not outcome.released:
+        enqueue_scoring(context, job_id)  # a redelivered message: send what is still unscored
+    elif not outcome.scoring:
         # A model may have been activated while this job was being parked: look again.
         release_waiting(context)
 
