@@ -6,6 +6,7 @@ folder, sizes are counted on the bytes actually read, and every refusal carries 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -47,6 +48,7 @@ class Candidate:
 
     relative_path: str
     path: Path
+    sha256: str | None = None  # known when the file was written here, else computed later
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,7 @@ def _iter_member(
         return
     target = names.next_path()
     try:
-        _copy_member(bundle, info, target, budget)
+        digest = _copy_member(bundle, info, target, budget)
     except _MemberRefusedError as exc:
         target.unlink(missing_ok=True)
         yield Rejection(relative, str(exc))
@@ -214,7 +216,7 @@ def _iter_member(
     if is_zip_file(target):
         yield from _iter_nested(target, relative, names, budget, depth)
     else:
-        yield Candidate(relative, target)
+        yield Candidate(relative, target, digest)
 
 
 def _iter_nested(
@@ -250,10 +252,12 @@ class _MemberRefusedError(Exception):
 
 def _copy_member(
     bundle: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: ArchiveBudget
-) -> None:
+) -> str:
+    """Write the member to `target`; returns its sha256, hashed on the way (one pass)."""
     # Declared sizes lie in crafted archives: count what decompression actually yields.
     ratio_limit = max(info.compress_size, 1) * budget.limits.max_ratio
     written = 0
+    digest = hashlib.sha256()
     try:
         with bundle.open(info) as source, target.open("wb") as sink:
             while chunk := source.read(COPY_CHUNK):
@@ -263,9 +267,11 @@ def _copy_member(
                     raise _MemberRefusedError(
                         f"compression ratio above {budget.limits.max_ratio}:1 (zip bomb?)"
                     )
+                digest.update(chunk)
                 sink.write(chunk)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
         raise _MemberRefusedError(f"corrupt member: {exc}") from exc
+    return digest.hexdigest()
 
 
 def iter_folder(

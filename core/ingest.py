@@ -253,7 +253,7 @@ def _iter_received(
         try:
             for entry in iter_archive(path, files_dir / item["file"], limits, budget):
                 if isinstance(entry, Candidate):
-                    yield Candidate(f"{relative}/{entry.relative_path}", entry.path)
+                    yield Candidate(f"{relative}/{entry.relative_path}", entry.path, entry.sha256)
                 else:
                     yield Rejection(f"{relative}/{entry.path}", entry.reason)
         except ArchiveLimitError:
@@ -275,12 +275,14 @@ def _classify(
         if storage.root in candidate.path.resolve().parents:
             candidate.path.unlink()  # our copy of something never scored is not kept
         return Rejection(candidate.relative_path, reason)
+    if fmt == DICOM and candidate.sha256:
+        candidate = Candidate(candidate.relative_path, candidate.path)  # de-identified: rehash
     return {
         "relative_path": _unique(candidate.relative_path, seen),
         "location": storage.relative(candidate.path),
         "format": fmt,
         "size_bytes": candidate.path.stat().st_size,
-        "sha256": sha256_of(candidate.path),
+        "sha256": candidate.sha256 or sha256_of(candidate.path),
         **facts,
     }
 

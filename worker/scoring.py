@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,10 +41,7 @@ class LoadedModel:
     version: str
     version_id: int
     input_size: int
-    network: Any  # a keras.Model
-    # One forward pass at a time per model: with the threads pool, one thread decodes its
-    # batch while another runs the model, and the model is in memory once.
-    lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
+    network: Any  # a keras.Model, safe for concurrent inference once traced
 
 
 class ActiveModelCache:
@@ -77,6 +74,10 @@ class ActiveModelCache:
         except Exception as exc:  # whatever Keras raises, the version cannot serve
             raise ModelLoadError(f"model version {version.version} does not load: {exc}") from exc
         _check_classifier(network, version)
+        # Trace the one batch shape now, under the lock: concurrent first calls (threads pool)
+        # would race to build the predict function, and the first batch would wait for it.
+        size = version.input_size
+        predict_padded(network, np.zeros((1, size, size, 3), np.float32), self.settings.batch_size)
         self.loads += 1
         log.info("loaded model version %s in %.1f s", version.version, time.monotonic() - started)
         return LoadedModel(version.version, version.id, version.input_size, network)
@@ -227,8 +228,7 @@ def predict_images(
     probabilities: dict[int, float] = {}
     if ok:
         stacked = np.stack([decoded[i] for i in ok]).astype(np.float32)
-        with loaded.lock:
-            predicted = predict_padded(loaded.network, stacked, settings.batch_size)
+        predicted = predict_padded(loaded.network, stacked, settings.batch_size)
         for index, probability in zip(ok, predicted, strict=True):
             probabilities[index] = float(probability)
     return [

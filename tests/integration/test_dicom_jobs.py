@@ -7,8 +7,11 @@ from pathlib import Path
 
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, RLELossless
+from sqlalchemy import select
 
 from core.config import Settings
+from core.models import Image
+from core.storage import Storage, sha256_of
 from tests.dicoms import BIRTH_DATE, PATIENT_NAME, chest_like, dataset, encode, structured_report
 from tests.images import jpeg_bytes
 from tests.stack import Stack
@@ -90,6 +93,12 @@ def test_a_dicom_study_is_scored_refused_and_kept_without_patient_identity(
             "view_position",
         } <= set(rows[0])
         assert next(r for r in rows if r["path"] == "made/rle.dcm")["study_uid"] == rle_study
+
+        # The stored hash is of the kept, de-identified file, not of the uploaded bytes.
+        storage = Storage(settings.storage_dir)
+        with stack.db.session() as session:
+            for image in session.scalars(select(Image).where(Image.job_id == job["id"])):
+                assert image.sha256 == sha256_of(storage.root / image.location), image.relative_path
 
         # No name or birth date anywhere on pneumoscan's disks: files, archive, database.
         for path in settings.home.rglob("*"):

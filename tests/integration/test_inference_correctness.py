@@ -1,6 +1,7 @@
 """What the fast path may change and what it must not: draft-mode decoding stays within a
 stated tolerance of a full decode; padding the last batch never adds or changes a result."""
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,19 @@ def test_padding_never_adds_results_or_changes_the_real_ones(shared_data: Path, 
         atol=1e-5,
     )
     assert predict_padded(network, inputs[:0], 64).shape == (0,)
+
+
+def test_two_threads_sharing_one_model_get_the_results_of_one_thread(
+    shared_data: Path,
+    network,  # type: ignore[no-untyped-def]
+) -> None:
+    """The threads pool runs forward passes of one in-memory model concurrently, unlocked."""
+    paths = sorted((shared_data / "origres").rglob("*.jpeg"))[:128]
+    inputs = np.stack([load_model_input(p, 75, 10**9) for p in paths]).astype(np.float32)
+    halves = [inputs[:64], inputs[64:]]
+    serial = [predict_padded(network, half, 64) for half in halves]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in range(3):
+            concurrent = list(pool.map(lambda half: predict_padded(network, half, 64), halves))
+            for alone, together in zip(serial, concurrent, strict=True):
+                np.testing.assert_allclose(together, alone, atol=1e-5)

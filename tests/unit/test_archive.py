@@ -1,5 +1,6 @@
 """Archive expansion: paths and sizes are checked, nothing lands outside the job folder."""
 
+import hashlib
 import random
 import stat
 import zipfile
@@ -15,7 +16,8 @@ from core.archive import (
     collect_folder,
     expand_archive,
 )
-from tests.images import jpeg_bytes
+from core.storage import sha256_of
+from tests.images import jpeg_bytes, png_bytes
 from tests.support import zip_bytes
 
 LIMITS = ArchiveLimits(max_members=100, max_total_bytes=50 * 1024 * 1024, max_ratio=100)
@@ -68,6 +70,16 @@ def test_files_get_generated_names_inside_the_job_folder(tmp_path: Path) -> None
     expansion = expand_archive(archive, tmp_path / "files", LIMITS)
     assert [c.relative_path for c in expansion.candidates] == ["études/é.jpeg", "x/é.jpeg"]
     assert [c.path.name for c in expansion.candidates] == ["000001", "000002"]
+
+
+def test_each_written_member_carries_the_sha256_of_its_bytes(tmp_path: Path) -> None:
+    members = [("a.jpeg", jpeg_bytes()), ("b/c.jpeg", png_bytes())]
+    archive = write_zip(tmp_path / "a.zip", members, zipfile.ZIP_DEFLATED)
+    expansion = expand_archive(archive, tmp_path / "files", LIMITS)
+    assert [c.sha256 for c in expansion.candidates] == [
+        hashlib.sha256(data).hexdigest() for _, data in members
+    ]
+    assert all(c.sha256 == sha256_of(c.path) for c in expansion.candidates)
 
 
 def test_symlink_member_is_rejected(tmp_path: Path) -> None:
