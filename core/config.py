@@ -44,10 +44,12 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass.")
     decode_threads: int = Field(4, ge=1, le=64, description="Decoding threads per process.")
     tf_intra_op_threads: int = Field(1, ge=0, description="0 lets TensorFlow choose.")
-    tf_inter_op_threads: int = Field(1, ge=0, description="0 lets TensorFlow choose.")
+    tf_inter_op_threads: int = Field(2, ge=0, description="0 lets TensorFlow choose.")
     worker_concurrency: int = Field(2, ge=1, description="Tasks a worker runs at once.")
     worker_pool: Literal["prefork", "threads", "solo"] = Field(
-        "prefork", description="Celery pool of `pneumoscan worker`."
+        "threads",
+        description="Celery pool of `pneumoscan worker`: threads share one model in memory; "
+        "prefork loads one per child, so a crash costs only that child; solo for one GPU.",
     )
     mixed_precision: bool = Field(
         False, description="Train (and so score) in mixed precision: float16 on GPU."

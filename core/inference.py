@@ -1,10 +1,33 @@
-"""Running a loaded Keras model over arrays; numpy only, so core still never imports TensorFlow."""
+"""Running a Keras model over arrays. TensorFlow is imported only inside the functions that need
+it, so importing core never loads it."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:
+    """Thread pools (0: TensorFlow chooses) and GPU memory growth, for scoring and training.
+
+    Memory growth lets a GPU's memory be taken as needed instead of all at once. Both only
+    take effect before TensorFlow runs its first operation in this process.
+    """
+    import tensorflow as tf
+
+    try:
+        if intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        if inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:
+        log.debug("TensorFlow was already initialised; thread and GPU settings unchanged")
 
 
 def predict_padded(network: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 
 from core.config import Settings
 from core.db import Database
-from core.inference import predict_padded
+from core.inference import configure_tensorflow, predict_padded
 from core.labels import labelled_images, newest_label_time
 from core.models import RunStatus
 from core.registry import MODEL_FILENAME, register_version
@@ -170,6 +170,9 @@ def _train_and_register(
     progress: Progress | None,
 ) -> RunOutcome:
     started = time.monotonic()
+    # GPU memory growth only: training takes every core TensorFlow wants (the thread settings
+    # are tuned for scoring workers, which share their cores with decoding).
+    configure_tensorflow(intra_op_threads=0, inter_op_threads=0)
     data = gather_datasets(db, storage, settings, Path(params.data_dir))
     size = DEFAULT_INPUT_SIZE
     train, _ = load_arrays(data.train, size, settings.decode_threads, settings.max_image_pixels)

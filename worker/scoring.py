@@ -20,7 +20,7 @@ import numpy as np
 
 from core.config import Settings
 from core.imaging import ImageDecodeError, decode_for_model
-from core.inference import predict_padded
+from core.inference import configure_tensorflow, predict_padded
 from core.jobs import park_job_for_model
 from core.models import ModelVersion
 from core.recovery import count_attempt, forget_attempts
@@ -84,17 +84,7 @@ class ActiveModelCache:
 
 
 def _import_keras(settings: Settings) -> Any:
-    import tensorflow as tf
-
-    try:
-        if settings.tf_intra_op_threads:
-            tf.config.threading.set_intra_op_parallelism_threads(settings.tf_intra_op_threads)
-        if settings.tf_inter_op_threads:
-            tf.config.threading.set_inter_op_parallelism_threads(settings.tf_inter_op_threads)
-        for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError:
-        log.debug("TensorFlow was already initialised; thread settings unchanged")
+    configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
     import keras
 
     return keras

@@ -136,7 +136,7 @@ def api(ctx: click.Context) -> None:
 )
 @click.pass_context
 def worker(ctx: click.Context, queues: str, concurrency: int | None, pool: str | None) -> None:
-    """Run a Celery worker; it loads the active model lazily in each child process."""
+    """Run a Celery worker; it loads the active model lazily, on the first batch it scores."""
     from worker.celery_app import create_celery
 
     settings = settings_of(ctx)

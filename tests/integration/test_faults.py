@@ -50,19 +50,24 @@ def exactly_one_result_per_image(stack: Stack, job_id: str, total: int) -> None:
         assert session.scalar(select(func.count()).where(Image.job_id == job_id)) == total
 
 
-def test_killing_the_process_scoring_a_batch_loses_and_duplicates_nothing(
-    stack: Stack, inception_model: Path
+def test_killing_the_pool_child_scoring_a_batch_loses_and_duplicates_nothing(
+    backend_settings: Settings, tmp_path: Path, inception_model: Path
 ) -> None:
-    stack.import_model(inception_model)
-    worker = stack.start_worker()
-    job_id = stack.submit_zip(zip_bytes([(f"{i:03d}.jpeg", jpeg_bytes()) for i in range(150)]))[
-        "id"
-    ]
-    # The first batch logs its process before the forward pass, which traces for seconds.
-    first = wait_for(lambda: scoring_lines(worker.log()), 120, "the first batch to start")
-    os.kill(first[0][2], signal.SIGKILL)
-    exactly_one_result_per_image(stack, job_id, 150)
-    assert "WorkerLostError" in worker.log() or "exited with 'signal 9" in worker.log()
+    # Prefork: the worker's main process sees its child die and gives the message back.
+    stack = Stack(backend_settings.model_copy(update={"worker_pool": "prefork"}), tmp_path)
+    try:
+        stack.import_model(inception_model)
+        worker = stack.start_worker()
+        images = [(f"{i:03d}.jpeg", jpeg_bytes()) for i in range(150)]
+        job_id = stack.submit_zip(zip_bytes(images))["id"]
+        # The first batch logs its process before the forward pass.
+        first = wait_for(lambda: scoring_lines(worker.log()), 120, "the first batch to start")
+        assert first[0][2] != worker.process.pid  # a pool child, not the worker itself
+        os.kill(first[0][2], signal.SIGKILL)
+        exactly_one_result_per_image(stack, job_id, 150)
+        assert "WorkerLostError" in worker.log() or "exited with 'signal 9" in worker.log()
+    finally:
+        stack.close()
 
 
 def test_a_worker_killed_outright_is_recovered_by_the_sweep(
@@ -316,7 +321,12 @@ def test_a_batch_that_keeps_killing_its_worker_is_split_down_to_the_poison_image
     backend_settings: Settings, tmp_path: Path, baseline_model: Path
 ) -> None:
     settings = backend_settings.model_copy(
-        update={"batch_size": 4, "max_batch_attempts": 2, "max_image_pixels": 150_000_000}
+        update={
+            "batch_size": 4,
+            "max_batch_attempts": 2,
+            "max_image_pixels": 150_000_000,
+            "worker_pool": "prefork",  # each death costs one pool child; the worker carries on
+        }
     )
     stack = Stack(settings, tmp_path)
     try:
