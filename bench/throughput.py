@@ -51,6 +51,13 @@ from core.imaging import load_model_input  # noqa: E402
 from core.inference import predict_padded  # noqa: E402
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "median": round(statistics.median(values), 1),
@@ -307,7 +314,7 @@ def main() -> None:
     served, naive = statistics.median(service_rates), statistics.median(naive_rates)
     figures = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} CPUs, {os.uname().machine}",
+        "machine": f"{os.cpu_count()} CPUs, {cpu_model()}, {os.uname().machine}",
         "images": args.images,
         "settings": {
             "batch_size": batch,
@@ -337,6 +344,7 @@ def main() -> None:
             "largest_process": round(service.rss_process),
         },
     }
+    print(f"machine           {figures['machine']}")
     print(f"images            {args.images} (origres repeated), batch {batch}")
     for name in ("model", "decode", "service", "naive"):
         f = figures[name]
