@@ -51,6 +51,11 @@ from core.imaging import load_model_input  # noqa: E402
 from core.inference import predict_padded  # noqa: E402
 
 
+def step(what: str) -> None:
+    """Progress on stderr: a full run takes minutes."""
+    print(f"[{datetime.now():%H:%M:%S}] {what}", file=sys.stderr, flush=True)
+
+
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -286,24 +291,31 @@ def main() -> None:
     network.save(model_path)
 
     sample = [paths[i % len(paths)] for i in range(args.images)]
+    step("decode")
     decode_rates = [measure_decode(sample, decode_threads, size) for _ in range(args.runs)]
     inputs = np.stack([load_model_input(p, size, 10**9) for p in paths]).astype(np.float32)
     inputs = np.concatenate([inputs] * (args.images // len(paths) + 1))[: args.images]
+    step("model")
     network = keras.models.load_model(model_path, compile=False)
     predict_padded(network, inputs[:batch], batch)  # trace the one batch shape
     model_rates = [measure_model(network, inputs, batch) for _ in range(args.runs)]
     del network
+    step(f"naive ({args.naive_images} images per run)")
     naive_rates = [
         measure_naive(model_path, paths[: args.naive_images], home / "naive.db")
         for _ in range(args.runs)
     ]
 
+    step("service: starting api and worker")
     archive = study_zip(paths, args.images, home / "study.zip")
     warm = study_zip(paths, batch * workers * 2, home / "warm.zip")
     service = Service(env, model_path, args.port)
     try:
         service.score(warm)  # warm: the model loaded and traced in each worker process
-        runs = [service.score(archive) for _ in range(args.runs)]
+        runs = []
+        for run in range(args.runs):
+            step(f"service run {run + 1}/{args.runs}")
+            runs.append(service.score(archive))
     finally:
         service.close()
     service_rates = [run["images"] / run["seconds"] for run in runs]
