@@ -3,6 +3,7 @@ stop them all together."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -16,6 +17,16 @@ STOP_TIMEOUT_SECONDS = 60.0
 RESTART_LIMIT = 5
 RESTART_WINDOW_SECONDS = 300.0
 RESTART_DELAY_SECONDS = 2.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_when_parent_dies() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies, even by `kill -9`, so no
+    api or worker outlives `up` (Linux; elsewhere only a clean stop stops the children)."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,10 @@ class Supervisor:
         command = self.commands[name]
         # Own session: the terminal's Ctrl-C reaches only us, and we stop children in order.
         self.processes[name] = subprocess.Popen(
-            command.argv, env={**os.environ, **command.env}, start_new_session=True
+            command.argv,
+            env={**os.environ, **command.env},
+            start_new_session=True,
+            preexec_fn=_stop_when_parent_dies,
         )
 
     def _watch(self) -> int:

@@ -53,8 +53,14 @@ def service(tmp_path: Path, extra_env: dict[str, str]) -> Iterator[Service]:
         env["PNEUMOSCAN_API_KEY"] = printed.group(1)
         yield env, process, log_path
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.terminate()  # as Ctrl-C: up stops its children in order
+            try:
+                process.wait(90)
+            except subprocess.TimeoutExpired:
+                process.kill()  # its children get SIGTERM from the kernel (PR_SET_PDEATHSIG)
+                process.wait()
+        marker = f"PNEUMOSCAN_HOME={env['PNEUMOSCAN_HOME']}".encode()
+        wait_for(lambda: processes_with(marker) == [], 60, "every process of this up to stop")
 
 
 def processes_with(marker: bytes) -> list[int]:

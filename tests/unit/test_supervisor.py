@@ -1,6 +1,8 @@
 """`pneumoscan up`'s supervisor, with real child processes: a child that dies is started
-again, one that keeps dying stops everything, a signal stops everything cleanly."""
+again, one that keeps dying stops everything, a signal stops everything cleanly, and no child
+outlives a supervisor killed outright."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,11 +15,11 @@ from tests.support import REPO, wait_for
 # Appends a line per start; exits 3 on its first `crashes` starts, then runs until stopped.
 FLAKY = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from pathlib import Path
     starts, crashes = Path(sys.argv[1]), int(sys.argv[2])
     with starts.open("a") as f:
-        f.write("start\\n")
+        f.write(f"{os.getpid()}\\n")
     if len(starts.read_text().splitlines()) <= crashes:
         sys.exit(3)
     while True:
@@ -69,5 +71,27 @@ def test_a_child_that_keeps_dying_stops_everything(tmp_path: Path) -> None:
         assert lines(starts) == 3  # started, restarted twice, then given up
         assert process.stderr is not None
         assert "flaky exited with 3, 3 times in 300 s; stopping" in process.stderr.read()
+    finally:
+        process.kill()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) has stopped too.
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+
+
+def test_no_child_outlives_a_supervisor_killed_outright(tmp_path: Path) -> None:
+    process, starts = supervise(tmp_path, crashes=0, limit=5)
+    try:
+        wait_for(lambda: lines(starts) == 1 and lines(tmp_path / "steady") == 1, 30, "children")
+        children = [int(path.read_text().split()[0]) for path in (starts, tmp_path / "steady")]
+        assert all(alive(pid) for pid in children)
+        process.kill()  # no handler runs: only the kernel can tell the children
+        process.wait()
+        wait_for(lambda: not any(alive(pid) for pid in children), 10, "the children to stop")
     finally:
         process.kill()
