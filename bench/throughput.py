@@ -369,6 +369,15 @@ def main() -> None:
             phase: summary([run[f"{phase}_seconds"] for run in runs])["median"]
             for phase in ("upload", "ingest", "scoring")
         },
+        # Each run in full: where a slow run lost its time.
+        "runs": [
+            {
+                "decode": round(d, 1),
+                "model": round(m, 1),
+                **{key: round(value, 2) for key, value in run.items()},
+            }
+            for d, m, run in zip(decode_rates, model_rates, runs, strict=True)
+        ],
         "worker_rss_mb": {
             "total": round(service.rss_total),
             "largest_process": round(service.rss_process),
