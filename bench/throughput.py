@@ -51,6 +51,7 @@ from core.client import ApiClient  # noqa: E402
 from core.config import load_settings  # noqa: E402
 from core.imaging import load_model_input  # noqa: E402
 from core.inference import predict_padded  # noqa: E402
+from tests.support import rss_kb  # noqa: E402
 
 
 def step(what: str) -> None:
@@ -117,33 +118,6 @@ def study_zip(paths: list[Path], count: int, target: Path) -> Path:
     return target
 
 
-def process_tree_rss_mb(pid: int) -> tuple[float, float]:
-    """(total, largest single process) resident memory of `pid` and its descendants, MB."""
-    pids, frontier = [pid], [pid]
-    while frontier:  # read from /proc: no process started per sample on the measured machine
-        frontier = [child for parent in frontier for child in _children(parent)]
-        pids += frontier
-    sizes = []
-    for each in pids:
-        try:
-            for line in Path(f"/proc/{each}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    sizes.append(int(line.split()[1]) / 1024)
-        except OSError:
-            continue
-    return sum(sizes), max(sizes, default=0.0)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(child) for child in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
 class Service:
     """`pneumoscan api` and `pneumoscan worker` on a temporary home, with an active model."""
 
@@ -189,7 +163,8 @@ class Service:
 
     def _sample(self) -> None:
         while self._sampling:
-            total, largest = process_tree_rss_mb(self.worker.pid)
+            sizes = rss_kb(self.worker.pid).values()
+            total, largest = sum(sizes) / 1024, max(sizes, default=0) / 1024
             self.rss_total, self.rss_process = (
                 max(self.rss_total, total),
                 max(self.rss_process, largest),

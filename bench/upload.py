@@ -27,25 +27,11 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support import rss_kb  # noqa: E402
+
 CHUNK = 1024 * 1024
-
-
-def rss_kb(pid: int) -> int:
-    """Resident memory of `pid` and its children, from /proc."""
-    total = 0
-    for proc in [pid, *_children(pid)]:
-        try:
-            for line in Path(f"/proc/{proc}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def stored_zip_stream(size: int, seconds: float) -> Iterator[bytes]:
@@ -124,14 +110,14 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.5)
         time.sleep(1)
-        baseline = rss_kb(api.pid)
+        baseline = sum(rss_kb(api.pid).values())
         peak = baseline
         done = threading.Event()
 
         def sample() -> None:
             nonlocal peak
             while not done.is_set():
-                peak = max(peak, rss_kb(api.pid))
+                peak = max(peak, sum(rss_kb(api.pid).values()))
                 time.sleep(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)

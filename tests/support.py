@@ -161,3 +161,28 @@ def http_ok(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants, read from /proc (no process started to ask)."""
+    tree, frontier = [pid], [pid]
+    while frontier:
+        children = []
+        for parent in frontier:
+            for task in Path(f"/proc/{parent}/task").glob("*"):
+                with contextlib.suppress(OSError):
+                    children += [int(c) for c in (task / "children").read_text().split()]
+        tree += children
+        frontier = children
+    return tree
+
+
+def rss_kb(pid: int) -> dict[int, int]:
+    """Resident memory, kB, of each process in `pid`'s tree (those still running)."""
+    sizes = {}
+    for each in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes[each] = int(line.split()[1])
+    return sizes

@@ -25,7 +25,15 @@ from tests import hostile
 from tests.images import jpeg_bytes
 from tests.proxy import TcpProxy
 from tests.stack import Stack
-from tests.support import ServiceProcess, WorkerProcess, free_port, http_ok, wait_for, zip_bytes
+from tests.support import (
+    ServiceProcess,
+    WorkerProcess,
+    free_port,
+    http_ok,
+    process_tree,
+    wait_for,
+    zip_bytes,
+)
 
 SCORING_LINE = re.compile(
     r"job (\w+): scoring \d+ images, ids (\d+)\.\.(\d+) \(attempt \d+, process (\d+)\)"
@@ -86,7 +94,7 @@ def test_a_worker_killed_outright_is_recovered_by_the_sweep(
         ]
         wait_for(lambda: stack.job(job_id)["scored"] > 0, 120, "the first results")
         # The whole worker, main process and pool: the messages it held are never acknowledged.
-        for pid in [*_children(worker.process.pid), worker.process.pid]:
+        for pid in process_tree(worker.process.pid):
             os.kill(pid, signal.SIGKILL)
         worker.process.wait()
         stack.start_worker()
@@ -123,11 +131,6 @@ def test_lost_scoring_messages_are_sent_again_by_the_sweep(
         assert f"job {job_id}: no progress for" in worker.log()
     finally:
         stack.close()
-
-
-def _children(pid: int) -> list[int]:
-    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(line) for line in result.stdout.split()]
 
 
 @pytest.fixture
