@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
@@ -31,24 +32,28 @@ from api.schemas import (
     ResultsQuery,
     UploadJobIn,
 )
-from api.uploads import incoming_dir, persist, save_body
-from core.archive import is_zip_file
+from api.uploads import CHUNK, persist
+from core.archive import EMPTY_ZIP_MAGIC, ZIP_MAGIC, is_zip_file
+from core.arriving import ArrivingWriter
 from core.ingest import ARCHIVE_NAME
 from core.jobs import (
     cancel_job,
     create_job,
+    discard_job,
     get_job,
     list_jobs,
     list_rejected,
     resolve_import_folder,
     save_uploaded_images,
 )
-from core.models import Job, JobStatus, SourceKind, utcnow
+from core.models import DICOM_COLUMNS, Job, JobStatus, SourceKind, utcnow
 from core.results import iter_results, results_page
 from worker.tasks import ingest_job
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1", tag="Jobs")
+# A raw zip upload is judged fast enough to expand while it arrives after this many bytes.
+EARLY_INGEST_AFTER = 16 * 1024 * 1024
 
 RESULTS_RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
     200: {
@@ -66,12 +71,7 @@ CSV_COLUMNS = [
     "model_version",
     "error",
     "confirmed_label",
-    "study_uid",
-    "series_uid",
-    "sop_uid",
-    "modality",
-    "body_part",
-    "view_position",
+    *DICOM_COLUMNS,
 ]
 
 
@@ -104,16 +104,71 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Submit a zip (`archive`), files with relative paths (`images`) or a server folder."""
     context = api_context(current_app)
     job_id = uuid4().hex
+    if request.mimetype == "application/zip":
+        job = _submit_raw_archive(context, job_id)
+    else:
+        try:
+            kind, source_name = _store_source(context, job_id)
+        except BaseException:
+            context.storage.remove_job(job_id)
+            raise
+        job = _create_and_enqueue(context, job_id, kind, source_name)
+    return _job_out(job), 202, {"Location": url_for("jobs.get_job_status", job_id=job_id)}
+
+
+def _create_and_enqueue(context: ApiContext, job_id: str, kind: SourceKind, source: str) -> Job:
     try:
-        kind, source_name = _store_source(context, job_id)
         with context.db.session() as session:
-            job = create_job(session, kind, source_name, job_id, owner=caller().name)
+            job = create_job(session, kind, source, job_id, owner=caller().name)
     except BaseException:
         context.storage.remove_job(job_id)
         raise
     # Only once the job row is committed may a worker look for it.
     _enqueue_ingest(context, job)
-    return _job_out(job), 202, {"Location": url_for("jobs.get_job_status", job_id=job_id)}
+    return job
+
+
+def _submit_raw_archive(context: ApiContext, job_id: str) -> Job:
+    """A zip sent as the whole body: the fastest way in (no multipart parsing). When it arrives
+    fast, the job is queued while it arrives and ingest reads it as it comes (core/arriving.py);
+    a failed upload leaves no job behind either way."""
+    first = request.stream.read(CHUNK)
+    if not first:
+        raise api_error(400, "the body is empty", "invalid_upload")
+    if first[:4] not in (ZIP_MAGIC, EMPTY_ZIP_MAGIC):
+        raise api_error(400, "the body is not a zip file", "invalid_upload")
+    _, options = parse_options_header(request.headers.get("Content-Disposition", ""))
+    name = options.get("filename") or ARCHIVE_NAME
+    early_rate = context.settings.early_ingest_mb_per_s * 1024 * 1024
+    job: Job | None = None
+    try:
+        with ArrivingWriter(context.storage.job_dir(job_id) / ARCHIVE_NAME) as upload:
+            upload.write(first)
+            started = time.monotonic()
+            while chunk := request.stream.read(CHUNK):
+                upload.write(chunk)
+                if job is None and _arrives_fast(upload.size, started, early_rate):
+                    job = _create_and_enqueue(context, job_id, SourceKind.ARCHIVE, name)
+            # gunicorn ends the body quietly when the client goes away: count what came.
+            expected = request.content_length
+            if expected is not None and upload.size != expected:
+                raise api_error(
+                    400,
+                    f"the upload ended after {upload.size} of {expected} bytes",
+                    "incomplete_upload",
+                )
+        return job or _create_and_enqueue(context, job_id, SourceKind.ARCHIVE, name)
+    except BaseException:
+        if job is not None:
+            with context.db.session() as session:
+                discard_job(session, job_id)
+        context.storage.remove_job(job_id)
+        raise
+
+
+def _arrives_fast(size: int, started: float, rate: float) -> bool:
+    """Whether the upload so far came at `rate` bytes/s (0: never judged fast)."""
+    return bool(rate) and size >= EARLY_INGEST_AFTER and size >= rate * (time.monotonic() - started)
 
 
 def _store_source(context: ApiContext, job_id: str) -> tuple[SourceKind, str]:
@@ -121,8 +176,6 @@ def _store_source(context: ApiContext, job_id: str) -> tuple[SourceKind, str]:
         data = _load(FolderJobIn(), request.get_json(silent=False))
         folder = resolve_import_folder(data["folder"], context.settings.import_roots)
         return SourceKind.FOLDER, str(folder)
-    if request.mimetype == "application/zip":
-        return SourceKind.ARCHIVE, _store_raw_archive(context, job_id)
     if request.mimetype == "multipart/form-data":
         data = _load(
             UploadJobIn(),
@@ -154,17 +207,6 @@ def _store_archive(context: ApiContext, job_id: str, upload: FileStorage) -> str
     if not is_zip_file(target):
         raise api_error(400, "`archive` is not a zip file", "invalid_upload")
     return upload.filename or ARCHIVE_NAME
-
-
-def _store_raw_archive(context: ApiContext, job_id: str) -> str:
-    """A zip sent as the whole body: the fastest way in (no multipart parsing)."""
-    target = context.storage.job_dir(job_id) / ARCHIVE_NAME
-    if save_body(request.stream, target, incoming_dir(context.storage)) == 0:
-        raise api_error(400, "the body is empty", "invalid_upload")
-    if not is_zip_file(target):
-        raise api_error(400, "the body is not a zip file", "invalid_upload")
-    _, options = parse_options_header(request.headers.get("Content-Disposition", ""))
-    return options.get("filename") or ARCHIVE_NAME
 
 
 def _load(schema: Any, data: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Uploads stream to disk next to their final place, and are linked there, not copied.
+"""Multipart uploads stream to disk next to their final place, and are linked there, not copied.
 
-Every upload is written, while it arrives, to a temporary file under
+(A zip sent as the raw body is written straight into its job's folder: core/arriving.py.)
+Every multipart file is written, while it arrives, to a temporary file under
 `storage/uploads/.incoming/` that holds an `flock` for as long as its request lives: the
 sweep deletes only the temporary files nobody holds (their API process died).
 """
@@ -62,19 +63,3 @@ def persist(upload: FileStorage, target: Path) -> None:
     upload.stream.seek(0)
     with target.open("wb") as sink:
         shutil.copyfileobj(upload.stream, sink, CHUNK)
-
-
-def save_body(stream: IO[bytes], target: Path, incoming: Path) -> int:
-    """Write a raw request body to `target` through a locked temporary file; returns its size."""
-    with _locked_temporary(incoming) as temporary:
-        size = 0
-        while chunk := stream.read(CHUNK):
-            temporary.write(chunk)
-            size += len(chunk)
-        temporary.flush()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(temporary.name, target)
-        except OSError:
-            shutil.copyfile(temporary.name, target)
-    return size

@@ -15,23 +15,25 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import uuid
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-REPO = Path(__file__).resolve().parent.parent
+from common import (
+    origres_images,
+    run_cli,
+    service_env,
+    start_cli,
+    stop,
+    wait_until_ready,
+    write_results,
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -81,30 +83,6 @@ class Client(threading.Thread):
             self.error = f"{type(exc).__name__}: {exc}"
 
 
-def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "core.cli", *command],
-        env=env,
-        cwd=REPO,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def run_cli(command: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "core.cli", *command],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        raise SystemExit(f"pneumoscan {' '.join(command)} failed:\n{done.stderr}")
-    return done.stdout.strip()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=50)
@@ -117,38 +95,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
 
-    data = Path(os.environ.get("PNEUMOSCAN_TEST_DATA", REPO.parent / "shared" / "data")) / "origres"
-    images = sorted(data.rglob("*.jpeg"))
-    if not images:
-        raise SystemExit(f"no X-rays under {data}")
-    home = Path(tempfile.mkdtemp(prefix="pneumoscan-load-"))
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PNEUMOSCAN_")}
-    env.update(
-        PNEUMOSCAN_HOME=str(home),
-        PNEUMOSCAN_API_PORT=str(args.port),
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PNEUMOSCAN_API_WORKERS="2",
-        PNEUMOSCAN_BROKER_PREFIX=f"load-{uuid.uuid4().hex[:8]}:",
-    )
-    if args.database_url:
-        env["PNEUMOSCAN_DATABASE_URL"] = args.database_url
-    if args.broker_url:
-        env["PNEUMOSCAN_BROKER_URL"] = args.broker_url
+    images = origres_images()
+    home, env = service_env("load", args.port, args.database_url, args.broker_url, api_workers="2")
     run_cli(["db", "upgrade"], env)
     key = run_cli(["keys", "create", "--name", "load", "--scope", "submit"], env)
     model = home / "model.keras"
     run_cli(["models", "new", "--architecture", args.architecture, "--out", str(model)], env)
     run_cli(["models", "import", str(model), "--activate"], env)
-    api = start(["api"], env, home / "api.log")
-    worker = start(["worker", "--concurrency", str(args.concurrency)], env, home / "worker.log")
+    api = start_cli(["api"], env, home / "api.log")
+    worker = start_cli(["worker", "--concurrency", str(args.concurrency)], env, home / "worker.log")
     base = f"http://127.0.0.1:{args.port}"
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_until_ready(base)
         # Warm the worker (model load, first trace) so the figures are about steady load.
         warm = Client(base, key, study_zip(images, 2, 0), 0.5)
         warm.run()
@@ -163,9 +121,7 @@ def main() -> None:
             client.join()
         wall = time.perf_counter() - started
     finally:
-        for process in (api, worker):
-            process.terminate()
-            process.wait(60)
+        stop(api, worker)
 
     exact = [
         c
@@ -197,9 +153,7 @@ def main() -> None:
     }
     for name, value in figures.items():
         print(f"{name:20} {value}")
-    out = REPO / "bench" / "results" / f"load-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"written to {out.relative_to(REPO)}")
+    write_results("load", figures)
     if len(exact) != args.jobs:
         raise SystemExit(f"only {len(exact)} of {args.jobs} jobs completed with exact counts")
 

@@ -12,24 +12,17 @@ is not cut off. Prints the figures; a JSON copy goes to bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
+from common import run_cli, service_env, start_cli, stop, wait_until_ready, write_results
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.support import rss_kb  # noqa: E402
+from tests.support import rss_kb
 
 CHUNK = 1024 * 1024
 
@@ -77,38 +70,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.0)
     parser.add_argument("--port", type=int, default=8766)
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="pneumoscan-upload-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PNEUMOSCAN_")}
-    env.update(
-        PNEUMOSCAN_HOME=str(home),
-        PNEUMOSCAN_API_PORT=str(args.port),
-        PNEUMOSCAN_MAX_UPLOAD_MB="4096",
-    )
-    cli = [sys.executable, "-m", "core.cli"]
-    subprocess.run([*cli, "db", "upgrade"], env=env, cwd=REPO, check=True, capture_output=True)
-    key = subprocess.run(
-        [*cli, "keys", "create", "--name", "bench", "--scope", "submit"],
-        env=env,
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    api = subprocess.Popen(
-        [*cli, "api"],
-        env=env,
-        cwd=REPO,
-        stdout=(home / "api.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    home, env = service_env("upload", args.port, max_upload_mb="4096")
+    run_cli(["db", "upgrade"], env)
+    key = run_cli(["keys", "create", "--name", "bench", "--scope", "submit"], env)
+    api = start_cli(["api"], env, home / "api.log")
     base = f"http://127.0.0.1:{args.port}"
     try:
-        for _ in range(60):
-            try:
-                httpx.get(f"{base}/healthz", timeout=2)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_until_ready(base, "/healthz")
         time.sleep(1)
         baseline = sum(rss_kb(api.pid).values())
         peak = baseline
@@ -151,13 +119,10 @@ def main() -> None:
             "stored_bytes": stored.stat().st_size if stored.exists() else None,
         }
     finally:
-        api.terminate()
-        api.wait(60)
+        stop(api)
     for name, value in figures.items():
         print(f"{name:22} {value}")
-    out = REPO / "bench" / "results" / f"upload-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"written to {out.relative_to(REPO)}")
+    write_results("upload", figures)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import os
 import re
 import stat
 import zipfile
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -133,7 +134,7 @@ class ArchiveBudget:
             )
 
 
-class _NameSource:
+class NameSource:
     """Generated file names inside the job folder: 000001, 000002, ..."""
 
     def __init__(self, directory: Path) -> None:
@@ -159,7 +160,7 @@ def iter_archive(
     dest.mkdir(parents=True, exist_ok=True)
     budget = budget or ArchiveBudget(limits)
     budget.count_input(archive)
-    yield from _iter_zip(archive, "", _NameSource(dest), budget, depth=0)
+    yield from _iter_zip(archive, "", NameSource(dest), budget, depth=0)
 
 
 def expand_archive(
@@ -169,29 +170,46 @@ def expand_archive(
     return Expansion.collect(iter_archive(archive, dest, limits, budget))
 
 
-def _iter_zip(
-    archive: Path, prefix: str, names: _NameSource, budget: ArchiveBudget, depth: int
-) -> Iterator[Entry]:
+def open_zip(archive: Path) -> zipfile.ZipFile:
     try:
-        bundle = zipfile.ZipFile(archive)
+        return zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ArchiveError(f"not a readable zip archive: {exc}") from exc
-    with bundle:
+
+
+def _iter_zip(
+    archive: Path, prefix: str, names: NameSource, budget: ArchiveBudget, depth: int
+) -> Iterator[Entry]:
+    with open_zip(archive) as bundle:
         members = bundle.infolist()
         if not members and depth == 0:
             raise ArchiveError("the archive is empty")
         for info in members:
-            yield from _iter_member(bundle, info, prefix, names, budget, depth)
+            yield from iter_member(info, member_reader(bundle), prefix, names, budget, depth)
 
 
-def _iter_member(
-    bundle: zipfile.ZipFile,
+# The decompressed bytes of a member, in pieces of at most COPY_CHUNK.
+MemberReader = Callable[[zipfile.ZipInfo], Generator[bytes, None, None]]
+
+
+def member_reader(bundle: zipfile.ZipFile) -> MemberReader:
+    def read(info: zipfile.ZipInfo) -> Generator[bytes, None, None]:
+        with bundle.open(info) as source:
+            while chunk := source.read(COPY_CHUNK):
+                yield chunk
+
+    return read
+
+
+def iter_member(
     info: zipfile.ZipInfo,
+    read: MemberReader,
     prefix: str,
-    names: _NameSource,
+    names: NameSource,
     budget: ArchiveBudget,
     depth: int,
 ) -> Iterator[Entry]:
+    """The one member's candidate or refusal (or, for a nested zip, its members')."""
     if info.is_dir():
         return
     budget.count_member()
@@ -202,17 +220,20 @@ def _iter_member(
         return
     if is_ignored(relative[len(prefix) :]):
         return
-    reason = _member_refusal(info)
+    reason = member_refusal(info)
     if reason:
         yield Rejection(relative, reason)
         return
     target = names.next_path()
+    chunks = read(info)
     try:
-        digest = _copy_member(bundle, info, target, budget)
-    except _MemberRefusedError as exc:
+        digest = _copy_member(chunks, info.compress_size, target, budget)
+    except MemberRefusedError as exc:
         target.unlink(missing_ok=True)
         yield Rejection(relative, str(exc))
         return
+    finally:
+        chunks.close()
     if is_zip_file(target):
         yield from _iter_nested(target, relative, names, budget, depth)
     else:
@@ -220,7 +241,7 @@ def _iter_member(
 
 
 def _iter_nested(
-    target: Path, relative: str, names: _NameSource, budget: ArchiveBudget, depth: int
+    target: Path, relative: str, names: NameSource, budget: ArchiveBudget, depth: int
 ) -> Iterator[Entry]:
     try:
         if depth >= 1:
@@ -235,7 +256,7 @@ def _iter_nested(
         target.unlink(missing_ok=True)
 
 
-def _member_refusal(info: zipfile.ZipInfo) -> str | None:
+def member_refusal(info: zipfile.ZipInfo) -> str | None:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         return "symbolic link"
@@ -246,31 +267,31 @@ def _member_refusal(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-class _MemberRefusedError(Exception):
-    pass
+class MemberRefusedError(Exception):
+    """One member cannot be read; the message says why."""
 
 
 def _copy_member(
-    bundle: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: ArchiveBudget
+    chunks: Iterator[bytes], compress_size: int, target: Path, budget: ArchiveBudget
 ) -> str:
     """Write the member to `target`; returns its sha256, hashed on the way (one pass)."""
     # Declared sizes lie in crafted archives: count what decompression actually yields.
-    ratio_limit = max(info.compress_size, 1) * budget.limits.max_ratio
+    ratio_limit = max(compress_size, 1) * budget.limits.max_ratio
     written = 0
     digest = hashlib.sha256()
     try:
-        with bundle.open(info) as source, target.open("wb") as sink:
-            while chunk := source.read(COPY_CHUNK):
+        with target.open("wb") as sink:
+            for chunk in chunks:
                 written += len(chunk)
                 budget.count_bytes(len(chunk))  # every byte decompressed counts, refused or not
                 if written > RATIO_GRACE_BYTES and written > ratio_limit:
-                    raise _MemberRefusedError(
+                    raise MemberRefusedError(
                         f"compression ratio above {budget.limits.max_ratio}:1 (zip bomb?)"
                     )
                 digest.update(chunk)
                 sink.write(chunk)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise _MemberRefusedError(f"corrupt member: {exc}") from exc
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
+        raise MemberRefusedError(f"corrupt member: {exc}") from exc
     return digest.hexdigest()
 
 
@@ -279,7 +300,7 @@ def iter_folder(
 ) -> Iterator[Entry]:
     """Files under `folder` in place; zips among them expanded into `archives_dest`."""
     budget = ArchiveBudget(limits)
-    names = _NameSource(archives_dest)
+    names = NameSource(archives_dest)
     for path, relative in _walk(folder):
         budget.count_member()
         if is_ignored(relative):
@@ -301,7 +322,7 @@ def collect_folder(
 
 
 def _iter_zip_in_folder(
-    path: Path, relative: str, names: _NameSource, budget: ArchiveBudget
+    path: Path, relative: str, names: NameSource, budget: ArchiveBudget
 ) -> Iterator[Entry]:
     budget.count_input(path)
     try:

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Server folders that JSON {'folder': ...} jobs may name."
     )
     max_upload_mb: int = Field(2048, ge=1, description="Largest accepted request body.")
+    early_ingest_mb_per_s: float = Field(
+        50.0,
+        ge=0,
+        description="A raw zip upload arriving this fast is expanded while it arrives (0: never).",
+    )
     max_archive_members: int = Field(100_000, ge=1, description="Files per job, nested included.")
     max_archive_mb: int = Field(20_480, ge=1, description="Total uncompressed bytes per job.")
     max_compression_ratio: int = Field(200, ge=1, description="Uncompressed/compressed per member.")

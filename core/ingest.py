@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,13 @@ from core.archive import (
     iter_archive,
     iter_folder,
 )
+from core.arriving import iter_upload, part_path
 from core.config import Settings
 from core.db import Database
 from core.imaging import DICOM, sniff_file
 from core.jobs import MANIFEST, WAITING_FOR_MODEL, get_job
 from core.models import (
+    DICOM_COLUMNS,
     FINISHED_STATUSES,
     BatchAttempt,
     Image,
@@ -43,7 +46,7 @@ from core.models import (
     SourceKind,
     utcnow,
 )
-from core.recovery import claim_ingest
+from core.recovery import claim_ingest, refresh_ingest_claim
 from core.registry import active_version
 from core.results import complete_if_done
 from core.storage import Storage, sha256_of
@@ -94,8 +97,10 @@ def ingest_job(
     # Files are expanded outside any transaction so the database is not held meanwhile.
     shutil.rmtree(storage.job_files_dir(job_id), ignore_errors=True)
     recorder = _Recorder(db, storage, settings, job_id, release)
+    keep_claim = _claim_keeper(db, job_id, settings.stall_seconds / 4)
     try:
-        for entry in _iter_source(storage, settings, job_id, SourceKind(kind), source_name):
+        entries = _iter_source(storage, settings, job_id, SourceKind(kind), source_name, keep_claim)
+        for entry in entries:
             if not recorder.add(entry):
                 break  # the job was cancelled meanwhile
         outcome = recorder.finish()
@@ -103,8 +108,24 @@ def ingest_job(
         outcome = _fail(db, job_id, str(exc))
     # Once recorded, the expanded files are the job's record; the archive, which may carry
     # patients' names in DICOM headers, is not kept.
-    (storage.job_dir(job_id) / ARCHIVE_NAME).unlink(missing_ok=True)
+    archive = storage.job_dir(job_id) / ARCHIVE_NAME
+    for leftover in (archive, part_path(archive)):
+        leftover.unlink(missing_ok=True)
     return outcome
+
+
+def _claim_keeper(db: Database, job_id: str, every_seconds: float) -> Callable[[], None]:
+    """Called while ingest waits for an upload: refreshes its claim every so often."""
+    last = time.monotonic()
+
+    def keep() -> None:
+        nonlocal last
+        if time.monotonic() - last >= every_seconds:
+            with db.session() as session:
+                refresh_ingest_claim(session, job_id)
+            last = time.monotonic()
+
+    return keep
 
 
 def _forget_partial_ingest(session: Session, job_id: str) -> None:
@@ -156,7 +177,9 @@ class _Recorder:
     def finish(self) -> IngestOutcome:
         self._flush(final=True)
         with self.db.session() as session:
-            job = get_job(session, self.job_id)
+            job = session.get(Job, self.job_id)
+            if job is None:  # its submission failed while it was being read
+                return IngestOutcome(self.job_id, 0, False, released=True)
             scoring = job.status == JobStatus.RUNNING and not job.waiting_for_model
             return IngestOutcome(self.job_id, job.total or 0, scoring, released=True)
 
@@ -223,12 +246,17 @@ class _Recorder:
 
 
 def _iter_source(
-    storage: Storage, settings: Settings, job_id: str, kind: SourceKind, source_name: str
+    storage: Storage,
+    settings: Settings,
+    job_id: str,
+    kind: SourceKind,
+    source_name: str,
+    on_wait: Callable[[], None],
 ) -> Iterator[Entry]:
     limits = archive_limits(settings)
     files_dir = storage.job_files_dir(job_id)
-    if kind == SourceKind.ARCHIVE:
-        return iter_archive(storage.job_dir(job_id) / ARCHIVE_NAME, files_dir, limits)
+    if kind == SourceKind.ARCHIVE:  # read while it arrives if its upload is still going on
+        return iter_upload(storage.job_dir(job_id) / ARCHIVE_NAME, files_dir, limits, on_wait)
     if kind == SourceKind.FOLDER:
         folder = Path(source_name)
         root = next(
@@ -302,14 +330,7 @@ def _dicom_facts(
         return reason, {}
     if storage.root in path.resolve().parents:
         dicom.deidentify(path)  # our own copy: keep no name or birth date on our disks
-    return None, {
-        "study_uid": info.study_uid,
-        "series_uid": info.series_uid,
-        "sop_uid": info.sop_uid,
-        "modality": info.modality,
-        "body_part": info.body_part,
-        "view_position": info.view_position,
-    }
+    return None, {column: getattr(info, column) for column in DICOM_COLUMNS}
 
 
 def _unique(relative_path: str, seen: set[str]) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.archive import UnsafePathError, clean_relative_path
@@ -56,6 +56,11 @@ def create_job(
     session.add(job)
     session.flush()
     return job
+
+
+def discard_job(session: Session, job_id: str) -> None:
+    """Forget a job whose submission failed, with whatever ingest recorded of it."""
+    session.execute(delete(Job).where(Job.id == job_id))
 
 
 def get_job(session: Session, job_id: str, owner: str | None = None, lock: bool = False) -> Job:

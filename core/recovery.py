@@ -18,6 +18,7 @@ from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.arriving import PART_SUFFIX
 from core.models import BatchAttempt, Image, Job, JobStatus, utcnow
 from core.storage import Storage
 
@@ -65,6 +66,11 @@ def claim_ingest(session: Session, job_id: str, stale_after: timedelta) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def refresh_ingest_claim(session: Session, job_id: str) -> None:
+    """A live ingest waiting for its upload keeps its claim: the sweep leaves it alone."""
+    session.execute(update(Job).where(Job.id == job_id).values(ingest_started_at=utcnow()))
+
+
 def jobs_to_ingest_again(session: Session, stale_after: timedelta) -> list[str]:
     """Jobs whose ingest never started or never finished (a lost message, a dead worker)."""
     cutoff = utcnow() - stale_after
@@ -110,6 +116,8 @@ def remove_orphan_uploads(session: Session, storage: Storage, older_than: timede
     for folder in uploads.iterdir() if uploads.is_dir() else []:
         if folder.name == INCOMING or folder.stat().st_mtime > cutoff:
             continue
+        if any(not _unlocked(part) for part in folder.glob(f"*{PART_SUFFIX}")):
+            continue  # a raw zip still arriving: its job row is made once it is in
         if session.get(Job, folder.name) is None:
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1

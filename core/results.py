@@ -11,7 +11,7 @@ from sqlalchemy import Select, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from core.jobs import Page, get_job
-from core.models import Image, Job, JobStatus, Label, ModelVersion, utcnow
+from core.models import DICOM_COLUMNS, Image, Job, JobStatus, Label, ModelVersion, utcnow
 
 PNEUMONIA = "PNEUMONIA"
 NORMAL = "NORMAL"
@@ -44,6 +44,7 @@ class ResultRow:
     error: str | None
     scored_at: datetime | None
     confirmed_label: str | None
+    # DICOM_COLUMNS, in that order:
     study_uid: str | None
     series_uid: str | None
     sop_uid: str | None
@@ -176,12 +177,7 @@ def _results_query(job_id: str, study_uid: str | None = None) -> Select:
             Image.error,
             Image.scored_at,
             Label.label,
-            Image.study_uid,
-            Image.series_uid,
-            Image.sop_uid,
-            Image.modality,
-            Image.body_part,
-            Image.view_position,
+            *(getattr(Image, column) for column in DICOM_COLUMNS),
         )
         .outerjoin(ModelVersion, Image.model_version_id == ModelVersion.id)
         .outerjoin(Label, Label.image_id == Image.id)

@@ -41,11 +41,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """A real `pneumoscan worker` subprocess with its log in a file."""
 
-    def __init__(self, settings: Settings, log_path: Path, queues: str = "ingest,scoring") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        queues: str = "ingest,scoring",
+        concurrency: int = 1,
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
+        command = ["worker", "--queues", queues, "--concurrency", str(concurrency)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "worker", "--queues", queues, "--concurrency", "1"],
+            [sys.executable, "-m", "core.cli", *command],
             env=settings_env(settings),
             stdout=self._log,
             stderr=subprocess.STDOUT,

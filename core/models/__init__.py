@@ -3,6 +3,7 @@
 from core.models.api_keys import ApiKey
 from core.models.base import Base, utcnow
 from core.models.jobs import (
+    DICOM_COLUMNS,
     FINISHED_STATUSES,
     BatchAttempt,
     Image,
@@ -15,6 +16,7 @@ from core.models.model_versions import ModelStatus, ModelVersion
 from core.models.training import Label, RunStatus, TrainingRun
 
 __all__ = [
+    "DICOM_COLUMNS",
     "FINISHED_STATUSES",
     "ApiKey",
     "Base",

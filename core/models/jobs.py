@@ -32,6 +32,9 @@ class JobStatus(enum.StrEnum):
 
 
 FINISHED_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+# The image columns taken from a DICOM header (empty for JPEG and PNG), in the order results
+# and the CSV show them; `core.dicom.DicomInfo` has a field of the same name for each.
+DICOM_COLUMNS = ("study_uid", "series_uid", "sop_uid", "modality", "body_part", "view_position")
 
 
 class SourceKind(enum.StrEnum):

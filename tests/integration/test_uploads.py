@@ -1,15 +1,24 @@
-"""Large uploads stream to disk through the production server: API memory stays flat."""
+"""Large uploads through the production server: they stream to disk with flat API memory,
+and a fast raw zip is scored while it arrives."""
 
+import contextlib
+import io
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
+from sqlalchemy import func, select
 
 from core.config import Settings
 from core.db import Database
 from core.keys import create_key
-from tests.support import ServiceProcess, free_port, http_ok, rss_kb, wait_for
+from core.models import Image, Job
+from tests.images import gradient, jpeg_bytes
+from tests.stack import Stack
+from tests.support import ServiceProcess, WorkerProcess, free_port, http_ok, rss_kb, wait_for
 
 MB = 1024 * 1024
 
@@ -57,3 +66,128 @@ def test_a_large_upload_streams_to_disk_with_flat_api_memory(
         assert max(samples) - before < 50 * 1024  # kilobytes: the body never sits in memory
     finally:
         api.stop()
+
+
+def _zip_with_cut(padding: int, images: list[bytes]) -> tuple[bytes, int]:
+    """A stored zip (a non-image first, then the images) and the offset of the second half's
+    first image."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:
+        bundle.writestr("padding.bin", bytes(padding))
+        for index, data in enumerate(images):
+            bundle.writestr(f"study/{index:03d}.jpeg", data)
+        cut = bundle.infolist()[1 + len(images) // 2].header_offset
+    return buffer.getvalue(), cut
+
+
+def test_a_fast_raw_zip_upload_is_scored_while_it_arrives(
+    backend_settings: Settings, tmp_path: Path, baseline_model: Path
+) -> None:
+    """The first half of the zip is scored while the client still holds back the second."""
+    settings = backend_settings.model_copy(update={"api_port": free_port(), "batch_size": 4})
+    stack = Stack(settings, tmp_path)
+    api = ServiceProcess(settings, tmp_path / "api.log", "api")
+    try:
+        stack.import_model(baseline_model)
+        # Two tasks at once, as the service runs: ingest waits for bytes while a batch scores.
+        stack.worker = WorkerProcess(settings, tmp_path / "worker.log", concurrency=2)
+        base = f"http://127.0.0.1:{settings.api_port}"
+        wait_for(lambda: http_ok(f"{base}/healthz"), 60, "the api")
+        with stack.db.session() as session:
+            _, key = create_key(session, "uploader", "submit")
+        images = [jpeg_bytes(gradient((300 + i, 240))) for i in range(16)]
+        # The API reads the body a MiB at a time: the first half ends on a MiB boundary, so
+        # all of it reaches the disk while the second half is held back.
+        data, cut = _zip_with_cut(17 * MB, images)
+        data, cut = _zip_with_cut(17 * MB + (-cut % MB), images)
+        assert cut % MB == 0
+        scored_during_upload: list[int] = []
+
+        def scored() -> int:
+            with stack.db.session() as session:
+                return session.scalar(select(func.coalesce(func.sum(Job.scored), 0))) or 0
+
+        def body() -> Iterator[bytes]:
+            for start in range(0, cut, MB):
+                yield data[start : start + MB]
+            with contextlib.suppress(TimeoutError):
+                wait_for(lambda: scored() >= 8, 60, "scoring during the upload")
+            scored_during_upload.append(scored())
+            yield data[cut:]
+
+        response = httpx.post(
+            f"{base}/v1/jobs",
+            content=body(),
+            timeout=300,
+            headers={
+                "Authorization": f"Bearer {key}",
+                "Content-Type": "application/zip",
+                "Content-Length": str(len(data)),
+            },
+        )
+        assert response.status_code == 202, response.text
+        assert scored_during_upload == [8], api.log()[-3000:] + stack.worker.log()[-3000:]
+        job = stack.wait_finished(response.json()["id"])
+        assert (job["status"], job["total"], job["scored"], job["rejected"]) == (
+            "completed",
+            16,
+            16,
+            1,
+        )
+        assert not list((settings.storage_dir / "uploads" / job["id"]).glob("archive.zip*"))
+    finally:
+        api.stop()
+        stack.close()
+
+
+def test_a_raw_zip_upload_cut_off_while_ingest_reads_it_leaves_nothing(
+    settings: Settings, tmp_path: Path, baseline_model: Path
+) -> None:
+    settings = settings.model_copy(update={"api_port": free_port(), "batch_size": 4})
+    stack = Stack(settings, tmp_path)
+    api = ServiceProcess(settings, tmp_path / "api.log", "api")
+    try:
+        stack.import_model(baseline_model)
+        stack.worker = WorkerProcess(settings, tmp_path / "worker.log", concurrency=2)
+        base = f"http://127.0.0.1:{settings.api_port}"
+        wait_for(lambda: http_ok(f"{base}/healthz"), 60, "the api")
+        with stack.db.session() as session:
+            _, key = create_key(session, "uploader", "submit")
+        images = [jpeg_bytes(gradient((300 + i, 240))) for i in range(16)]
+        data, cut = _zip_with_cut(17 * MB, images)
+        data, cut = _zip_with_cut(17 * MB + (-cut % MB), images)
+
+        def recorded() -> int:
+            with stack.db.session() as session:
+                return session.scalar(select(func.count()).select_from(Image)) or 0
+
+        def body() -> Iterator[bytes]:
+            for start in range(0, cut, MB):
+                yield data[start : start + MB]
+            wait_for(lambda: recorded() >= 8, 60, "ingest to read the first half")
+            raise ConnectionAbortedError("the client gives up")
+
+        with pytest.raises(ConnectionAbortedError):  # httpx drops the connection
+            httpx.post(
+                f"{base}/v1/jobs",
+                content=body(),
+                timeout=60,
+                headers={
+                    "Authorization": f"Bearer {key}",
+                    "Content-Type": "application/zip",
+                    "Content-Length": str(len(data)),
+                },
+            )
+
+        def nothing_left() -> bool:
+            with stack.db.session() as session:
+                jobs = session.scalar(select(func.count()).select_from(Job))
+            folders = list((settings.storage_dir / "uploads").glob("[0-9a-f]*"))
+            return jobs == 0 and recorded() == 0 and not folders
+
+        wait_for(nothing_left, 30, "the failed upload's job and files to go")
+        wait_for(lambda: "ingested: 0 images" in stack.worker.log(), 30, "ingest to stop")
+        assert "Traceback" not in stack.worker.log()
+    finally:
+        api.stop()
+        stack.close()

@@ -198,3 +198,16 @@ def test_jpeg_baseline_encapsulated_pixels_decode(tmp_path: Path) -> None:
     pixels = np.asarray(dicom.load_image(write(tmp_path, encode(ds)), 10**9), dtype=float)
     stretched = (values - values.min()) / np.ptp(values)  # no window: the full range is shown
     assert np.abs(pixels / 255.0 - stretched).mean() < 0.02
+
+
+def test_every_dicom_column_is_read_from_the_header_and_shown_with_results() -> None:
+    from dataclasses import fields
+
+    from core.models import DICOM_COLUMNS, Image
+    from core.results import ResultRow
+
+    info_fields = [f.name for f in fields(dicom.DicomInfo)]
+    row_fields = [f.name for f in fields(ResultRow)]
+    assert set(DICOM_COLUMNS) <= set(info_fields)
+    assert all(hasattr(Image, column) for column in DICOM_COLUMNS)
+    assert row_fields[-len(DICOM_COLUMNS) :] == list(DICOM_COLUMNS)  # the query's order

@@ -1,0 +1,311 @@
+"""Expanding a zip while its upload is still arriving.
+
+The API writes a zip sent as the raw request body to `archive.zip.part` under an exclusive
+`flock` and renames it to `archive.zip` once the last byte is in (`ArrivingWriter`). Ingest
+need not wait for that: each member of a zip is preceded by a local header giving its name,
+method and sizes, so a member can be extracted as soon as its bytes are on disk and its
+scoring released while the rest of the upload arrives (`iter_upload`).
+
+A zip's authority is its central directory, at the very end. Once the upload is complete,
+every member read early must be listed there at its offset with the same name, method, CRC
+and sizes, and must not be something only the directory shows (a symbolic link); the
+directory's other entries are then extracted as `core.archive` extracts any zip. An archive
+whose local headers and central directory disagree is refused whole: what was read early is
+not what the archive says it holds. Reading early stops at the first member whose local
+header cannot be trusted on its own (sizes in a trailing data descriptor, zip64 sizes,
+encryption, a method other than stored or deflated); the rest is read from the directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from types import TracebackType
+
+from core.archive import (
+    COPY_CHUNK,
+    ZIP_MAGIC,
+    ArchiveBudget,
+    ArchiveError,
+    ArchiveLimits,
+    Entry,
+    MemberReader,
+    MemberRefusedError,
+    NameSource,
+    iter_archive,
+    iter_member,
+    member_reader,
+    member_refusal,
+    open_zip,
+)
+
+PART_SUFFIX = ".part"
+POLL_SECONDS = 0.05
+# signature, version, flags, method, time, date, CRC-32, compressed size, size, name and
+# extra field lengths: the 30 bytes before each member's name.
+LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+ENCRYPTED, DATA_DESCRIPTOR, UTF8_NAME = 0x1, 0x8, 0x800
+ZIP64_SIZE = 0xFFFFFFFF
+
+
+class UploadInterruptedError(ArchiveError):
+    """The upload stopped before its end: its client or the API process went away."""
+
+
+def part_path(final: Path) -> Path:
+    return final.with_name(final.name + PART_SUFFIX)
+
+
+class ArrivingWriter:
+    """The API's side: write the body to the part file, holding its lock, then rename it.
+
+    Leaving the `with` block by an exception removes the part file, so a reader sees the
+    writer gone without a complete file: the upload was interrupted.
+    """
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.part = part_path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # Unbuffered: every chunk is on disk (in the page cache) for the reader at once.
+        self._file = self.part.open("xb", buffering=0)
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def __enter__(self) -> ArrivingWriter:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if kind is None:
+                os.rename(self.part, self.final)  # complete: before the lock is let go
+            else:
+                self.part.unlink(missing_ok=True)
+        finally:
+            self._file.close()
+
+
+class ArrivingFile:
+    """The reader's side: a file another process is still writing, read as if it were whole.
+
+    A read waits for its bytes; the file ends once the writer has let go of its lock after
+    renaming it to its final name. A writer that let go without the rename (its request
+    failed, its process died) interrupted the upload.
+    """
+
+    def __init__(
+        self, part: Path, final: Path, on_wait: Callable[[], None], poll: float = POLL_SECONDS
+    ) -> None:
+        self._file = part.open("rb", buffering=0)  # FileNotFoundError: already renamed
+        self.final = final
+        self.on_wait = on_wait
+        self.poll = poll
+        self.position = 0
+        self.complete = False
+        if self._writer_gone():
+            self._settle()  # a part file left by a writer that is already gone
+
+    def read(self, size: int) -> bytes:
+        """`size` bytes from the current position; fewer only at the end of the whole file."""
+        pieces = []
+        while size > 0:
+            piece = self._file.read(size)
+            if piece:
+                pieces.append(piece)
+                size -= len(piece)
+                self.position += len(piece)
+            elif self.complete:
+                break
+            else:
+                self._wait()
+        return b"".join(pieces)
+
+    def skip_to(self, offset: int) -> None:
+        while not self.complete and os.fstat(self._file.fileno()).st_size < offset:
+            self._wait()
+        self._file.seek(offset)
+        self.position = offset
+
+    def wait_until_complete(self) -> int:
+        """Wait for the last byte; returns the file's size."""
+        while not self.complete:
+            self._wait()
+        return os.fstat(self._file.fileno()).st_size
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _wait(self) -> None:
+        if self._writer_gone():
+            self._settle()  # bytes written just before the writer let go are read next
+            return
+        self.on_wait()
+        time.sleep(self.poll)
+
+    def _writer_gone(self) -> bool:
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+        return True
+
+    def _settle(self) -> None:
+        try:
+            renamed = os.path.samestat(os.fstat(self._file.fileno()), os.stat(self.final))
+        except FileNotFoundError:
+            renamed = False
+        if not renamed:
+            raise UploadInterruptedError(
+                "the upload stopped before its end (the connection or the API went away); "
+                "submit the archive again"
+            )
+        self.complete = True
+
+
+def iter_upload(
+    final: Path, dest: Path, limits: ArchiveLimits, on_wait: Callable[[], None]
+) -> Iterator[Entry]:
+    """The entries of an uploaded zip: read while it arrives if it still is, else whole."""
+    try:
+        source = ArrivingFile(part_path(final), final, on_wait)
+    except FileNotFoundError:
+        yield from iter_archive(final, dest, limits)
+        return
+    try:
+        yield from _iter_arriving(source, dest, limits)
+    finally:
+        source.close()
+
+
+def _iter_arriving(source: ArrivingFile, dest: Path, limits: ArchiveLimits) -> Iterator[Entry]:
+    dest.mkdir(parents=True, exist_ok=True)
+    budget, names = ArchiveBudget(limits), NameSource(dest)
+    early: dict[int, zipfile.ZipInfo] = {}
+    # Members read in sequence cannot overlap: the archive-wide ratio, which catches entries
+    # sharing compressed bytes, waits for the archive's size; each member's ratio holds now.
+    while (info := _next_local_member(source)) is not None:
+        early[info.header_offset] = info
+        data_end = source.position + info.compress_size
+        yield from iter_member(info, _early_reader(source), "", names, budget, depth=0)
+        source.skip_to(data_end)  # what a refused member left unread
+    source.wait_until_complete()
+    budget.count_input(source.final)
+    with open_zip(source.final) as bundle:
+        members = bundle.infolist()
+        rest = _reconcile(early, members)
+        if not members:
+            raise ArchiveError("the archive is empty")
+        read = member_reader(bundle)
+        for info in rest:
+            yield from iter_member(info, read, "", names, budget, depth=0)
+
+
+def _next_local_member(source: ArrivingFile) -> zipfile.ZipInfo | None:
+    """The next member as its local header describes it, or None where reading early ends."""
+    offset = source.position
+    head = source.read(LOCAL_HEADER.size)
+    if len(head) < LOCAL_HEADER.size or head[:4] != ZIP_MAGIC:
+        return None  # the central directory (or something a zip reader would not accept)
+    _, _, flags, method, _, _, crc, compressed, size, name_length, extra_length = (
+        LOCAL_HEADER.unpack(head)
+    )
+    if (
+        flags & (ENCRYPTED | DATA_DESCRIPTOR)
+        or method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+        or ZIP64_SIZE in (compressed, size)
+    ):
+        return None
+    name = source.read(name_length)
+    if len(source.read(extra_length)) < extra_length or len(name) < name_length:
+        return None
+    # Decoded and normalised as zipfile does for the central directory's names.
+    info = zipfile.ZipInfo(name.decode("utf-8" if flags & UTF8_NAME else "cp437"))
+    info.flag_bits, info.compress_type, info.CRC = flags, method, crc
+    info.compress_size, info.file_size, info.header_offset = compressed, size, offset
+    return info
+
+
+def _early_reader(source: ArrivingFile) -> MemberReader:
+    """A member's bytes straight from the arriving file, checked against its local header."""
+
+    def read(info: zipfile.ZipInfo) -> Generator[bytes, None, None]:
+        inflater = (
+            zlib.decompressobj(-zlib.MAX_WBITS)
+            if info.compress_type == zipfile.ZIP_DEFLATED
+            else None
+        )
+        # As zipfile does: no more than the declared size comes out, and the CRC-32 decides.
+        remaining, left, crc = info.compress_size, info.file_size, 0
+        while remaining and left:
+            raw = source.read(min(COPY_CHUNK, remaining))
+            if not raw:
+                raise MemberRefusedError("corrupt member: the archive ends inside it")
+            remaining -= len(raw)
+            for piece in _inflate(inflater, raw) if inflater else (raw,):
+                piece = piece[:left]
+                crc, left = zlib.crc32(piece, crc), left - len(piece)
+                yield piece
+                if not left:
+                    break
+        if crc != info.CRC:  # worded as zipfile words it, for the same member read whole
+            raise MemberRefusedError(f"corrupt member: Bad CRC-32 for file {info.filename!r}")
+        if left:
+            raise MemberRefusedError("corrupt member: shorter than its header says")
+
+    return read
+
+
+def _inflate(inflater: zlib._Decompress, data: bytes) -> Iterator[bytes]:
+    """Decompressed pieces of at most COPY_CHUNK bytes: a bomb never sits in memory whole."""
+    while data and not inflater.eof:
+        piece = inflater.decompress(data, COPY_CHUNK)
+        data = inflater.unconsumed_tail
+        if piece:
+            yield piece
+
+
+def _reconcile(
+    early: dict[int, zipfile.ZipInfo], members: list[zipfile.ZipInfo]
+) -> list[zipfile.ZipInfo]:
+    """Check what was read early against the central directory; returns what is left to read."""
+    rest: list[zipfile.ZipInfo] = []
+    confirmed: set[int] = set()
+    for listed in members:
+        local = early.get(listed.header_offset)
+        if local is None or listed.header_offset in confirmed:
+            rest.append(listed)
+            continue
+        if reason := member_refusal(listed):
+            raise ArchiveError(
+                f"member {listed.filename!r}: the archive's central directory refuses it "
+                f"({reason}) after it was read as a file: the archive is refused"
+            )
+        if _facts(local) != _facts(listed):
+            raise ArchiveError(
+                f"member {listed.filename!r}: its local header and the archive's central "
+                "directory disagree: the archive is refused"
+            )
+        confirmed.add(listed.header_offset)
+    if unlisted := sorted(early.keys() - confirmed):
+        raise ArchiveError(
+            f"member {early[unlisted[0]].filename!r} is not in the archive's central "
+            "directory: the archive is refused"
+        )
+    return rest
+
+
+def _facts(info: zipfile.ZipInfo) -> tuple[str, int, int, int, int]:
+    return info.filename, info.compress_type, info.CRC, info.compress_size, info.file_size

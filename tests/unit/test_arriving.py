@@ -1,0 +1,304 @@
+"""A zip read while its upload arrives yields what the whole zip would, member by member as
+the bytes come, and refuses what its central directory contradicts."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from core.archive import ArchiveError, ArchiveLimits, Candidate, Entry, iter_archive
+from core.arriving import ArrivingWriter, UploadInterruptedError, iter_upload, part_path
+from core.config import Settings
+from core.db import Database
+from core.recovery import remove_orphan_uploads
+from core.storage import Storage, sha256_of
+from tests import hostile
+from tests.images import jpeg_bytes, png_bytes
+
+LIMITS = ArchiveLimits(max_members=1000, max_total_bytes=200 * 1024 * 1024, max_ratio=200)
+
+
+def summary(entries: Iterator[Entry]) -> list[tuple[str, str]]:
+    """Each entry as (path, sha256 of what was written) or (path, reason)."""
+    out = []
+    for entry in entries:
+        if isinstance(entry, Candidate):
+            assert entry.sha256 == sha256_of(entry.path)  # hashed on the way, correctly
+            out.append((entry.relative_path, entry.sha256))
+        else:
+            out.append((entry.path, entry.reason))
+    return out
+
+
+def outcome(entries: Callable[[], Iterator[Entry]]) -> list[tuple[str, str]] | str:
+    try:
+        return summary(entries())
+    except ArchiveError as exc:
+        return f"refused: {exc}"
+
+
+class SlowUpload(threading.Thread):
+    """Writes `data` as the API does, in pieces, optionally pausing until told to go on."""
+
+    def __init__(self, final: Path, data: bytes, piece: int = 64 * 1024) -> None:
+        super().__init__(daemon=True)
+        self.writer = ArrivingWriter(final)  # the part file exists, locked, before ingest looks
+        self.data, self.piece = data, piece
+        self.pause_at: int | None = None
+        self.go_on = threading.Event()
+        self.fail_at: int | None = None
+
+    def run(self) -> None:
+        with contextlib.suppress(ConnectionResetError), self.writer as upload:
+            for start in range(0, len(self.data), self.piece):
+                if self.pause_at is not None and start >= self.pause_at:
+                    assert self.go_on.wait(30)
+                    self.pause_at = None
+                if self.fail_at is not None and start >= self.fail_at:
+                    raise ConnectionResetError("the client went away")
+                upload.write(self.data[start : start + self.piece])
+                time.sleep(0.001)
+
+
+def arriving(tmp_path: Path, data: bytes, name: str = "arriving") -> list[tuple[str, str]] | str:
+    final = tmp_path / name / "archive.zip"
+    final.parent.mkdir()
+    upload = SlowUpload(final, data, piece=4096)
+    upload.pause_at = 0  # not one byte before the reader has opened the arriving file
+    upload.start()
+    result = outcome(
+        lambda: iter_upload(final, tmp_path / name / "files", LIMITS, upload.go_on.set)
+    )
+    upload.join(30)
+    assert upload.go_on.is_set()  # the reader waited for bytes: it read while they arrived
+    return result
+
+
+def whole(tmp_path: Path, data: bytes) -> list[tuple[str, str]] | str:
+    archive = tmp_path / "whole" / "archive.zip"
+    archive.parent.mkdir()
+    archive.write_bytes(data)
+    return outcome(lambda: iter_archive(archive, tmp_path / "whole" / "files", LIMITS))
+
+
+def unseekable_zip(members: list[tuple[str, bytes]]) -> bytes:
+    """A zip written to a pipe: sizes follow each member in a data descriptor."""
+
+    class Pipe(io.RawIOBase):
+        def __init__(self) -> None:
+            self.buffer = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            self.buffer += data
+            return len(data)
+
+    pipe = Pipe()
+    with zipfile.ZipFile(pipe, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name, data in members:
+            with bundle.open(name, "w") as sink:
+                sink.write(data)
+    return bytes(pipe.buffer)
+
+
+def plain(compression: int) -> bytes:
+    return hostile._zip(
+        [
+            ("study/a.jpeg", jpeg_bytes()),
+            ("study/", b""),
+            ("study/b.png", png_bytes()),
+            ("notes.txt", b"not an image"),
+        ],
+        compression,
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: plain(zipfile.ZIP_STORED),
+        lambda: plain(zipfile.ZIP_DEFLATED),
+        lambda: unseekable_zip([("a.jpeg", jpeg_bytes()), ("b.png", png_bytes())]),
+        hostile.zip_slip,
+        hostile.absolute_path,
+        hostile.drive_letter,
+        hostile.backslash,
+        hostile.encrypted_member,
+        hostile.ratio_bomb,
+        hostile.lying_sizes,
+        hostile.os_litter,
+        hostile.duplicate_and_unicode_names,
+        lambda: hostile.nested(2),
+        lambda: hostile.overlapping_bomb(entries=100, member_mb=8),
+        lambda: hostile.too_many_members(1001),
+        hostile.broken_central_directory,
+        hostile.empty_zip,
+    ],
+)
+def test_read_while_arriving_gives_what_the_whole_zip_gives(
+    tmp_path: Path, make: Callable[[], bytes]
+) -> None:
+    data = make()
+    expected = whole(tmp_path, data)
+    assert arriving(tmp_path, data) == expected
+
+
+def test_members_are_yielded_before_the_upload_ends(tmp_path: Path) -> None:
+    data = plain(zipfile.ZIP_STORED)
+    final = tmp_path / "archive.zip"
+    upload = SlowUpload(final, data, piece=256)
+    upload.pause_at = data.index(b"PK\x03\x04", 10)  # stop after the first member's bytes
+    upload.start()
+    entries = iter_upload(final, tmp_path / "files", LIMITS, lambda: None)
+    first = next(entries)  # would wait for the whole upload without early reading
+    assert isinstance(first, Candidate)
+    assert first.relative_path == "study/a.jpeg"
+    assert not final.exists()
+    assert part_path(final).exists()
+    upload.go_on.set()
+    assert [e.relative_path for e in entries if isinstance(e, Candidate)] == [
+        "study/b.png",
+        "notes.txt",
+    ]
+    upload.join(30)
+
+
+def test_waiting_calls_back_so_the_claim_stays_fresh(tmp_path: Path) -> None:
+    data = plain(zipfile.ZIP_STORED)
+    final = tmp_path / "archive.zip"
+    upload = SlowUpload(final, data, piece=256)
+    upload.pause_at = 512
+    upload.start()
+    calls: list[float] = []
+
+    def on_wait() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 5:
+            upload.go_on.set()
+
+    assert len(summary(iter_upload(final, tmp_path / "files", LIMITS, on_wait))) == 3
+    assert len(calls) >= 5
+
+
+def test_an_upload_that_fails_midway_is_reported_as_interrupted(tmp_path: Path) -> None:
+    data = plain(zipfile.ZIP_STORED)
+    final = tmp_path / "archive.zip"
+    upload = SlowUpload(final, data, piece=256)
+    upload.fail_at = len(data) // 2
+    upload.start()
+    with pytest.raises(UploadInterruptedError, match="stopped before its end"):
+        summary(iter_upload(final, tmp_path / "files", LIMITS, lambda: None))
+    assert not part_path(final).exists()
+    assert not final.exists()
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from core.arriving import ArrivingWriter
+upload = ArrivingWriter(Path(sys.argv[1]))
+upload.write(sys.stdin.buffer.read())
+print("written", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_writer_process_that_dies_interrupts_the_upload(tmp_path: Path) -> None:
+    """Killed outright (no cleanup runs): its lock goes with it, the part file stays behind."""
+    data = plain(zipfile.ZIP_STORED)
+    final = tmp_path / "archive.zip"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(final)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
+    assert writer.stdin is not None
+    assert writer.stdout is not None
+    writer.stdin.write(data[: data.index(b"PK\x03\x04", 10) + 10])  # the first member, and a bit
+    writer.stdin.close()
+    assert writer.stdout.readline() == b"written\n"
+    entries = iter_upload(final, tmp_path / "files", LIMITS, lambda: None)
+    assert isinstance(next(entries), Candidate)  # the first member was whole: read early
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(10)
+    with pytest.raises(UploadInterruptedError):
+        list(entries)
+    assert part_path(final).exists()
+    assert not final.exists()
+
+
+def test_a_member_hidden_from_the_central_directory_refuses_the_archive(tmp_path: Path) -> None:
+    """Local headers that the directory does not list: other zip readers would not see them."""
+    hidden = hostile._zip([("hidden.jpeg", jpeg_bytes())])
+    shown = hostile._zip([("shown.jpeg", png_bytes())])
+    local_part = hidden[: hidden.index(b"PK\x01\x02")]
+    data = local_part + shown  # the directory at the end lists shown.jpeg at offset 0 only
+    assert isinstance(whole(tmp_path, data), list)  # zipfile itself reads it without a word
+    assert arriving(tmp_path, data) == (
+        "refused: member 'hidden.jpeg' is not in the archive's central directory: "
+        "the archive is refused"
+    )
+
+
+def test_a_member_only_the_directory_calls_a_symbolic_link_refuses_the_archive(
+    tmp_path: Path,
+) -> None:
+    result = arriving(tmp_path, hostile.symlink_member())
+    assert isinstance(result, str)
+    assert "'link.jpeg'" in result
+    assert "symbolic link" in result
+
+
+def test_an_upload_already_complete_is_read_whole(tmp_path: Path) -> None:
+    data = plain(zipfile.ZIP_DEFLATED)
+    final = tmp_path / "archive.zip"
+    final.write_bytes(data)
+    assert summary(iter_upload(final, tmp_path / "files", LIMITS, lambda: None)) == whole(
+        tmp_path, data
+    )
+
+
+def test_the_sweep_keeps_a_slow_upload_and_removes_one_whose_writer_died(
+    settings: Settings,
+) -> None:
+    """A raw zip too slow for early ingest has no job row until it is complete; the sweep,
+    which removes job folders without a row, must leave it alone while its writer lives."""
+    storage = Storage(settings.storage_dir)
+    final = storage.job_dir("0123456789abcdef0123456789abcdef") / "archive.zip"
+    final.parent.mkdir(parents=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(final)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
+    assert writer.stdin is not None
+    assert writer.stdout is not None
+    writer.stdin.write(b"PK\x03\x04")
+    writer.stdin.close()
+    assert writer.stdout.readline() == b"written\n"
+    an_hour_ago = time.time() - 3600
+    os.utime(final.parent, (an_hour_ago, an_hour_ago))
+    with Database(settings.database_url).session() as session:
+        assert remove_orphan_uploads(session, storage, timedelta(minutes=10)) == 0
+    assert part_path(final).exists()
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(10)
+    with Database(settings.database_url).session() as session:
+        assert remove_orphan_uploads(session, storage, timedelta(minutes=10)) == 1
+    assert not final.parent.exists()
