@@ -13,6 +13,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 AUGMENTATIONS = ("none", "threshold", "standard", "both")
+# What PNEUMOSCAN_DEVICE=gpu changes, unless the setting is given (unmeasured: no GPU here).
+GPU_DEFAULTS: dict[str, object] = {
+    "batch_size": 256,
+    "decode_threads": 8,
+    "tf_intra_op_threads": 0,
+    "tf_inter_op_threads": 0,
+    "worker_pool": "solo",
+    "worker_concurrency": 1,
+}
 BROKER_SCHEMES = ("filesystem", "redis", "rediss", "amqp", "sqla+sqlite", "sqla+postgresql")
 
 
@@ -46,15 +55,21 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         180_000_000, ge=1, description="Pillow's decompression-bomb limit."
     )
-    batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass.")
-    decode_threads: int = Field(4, ge=1, le=64, description="Decoding threads per process.")
-    tf_intra_op_threads: int = Field(1, ge=0, description="0 lets TensorFlow choose.")
-    tf_inter_op_threads: int = Field(2, ge=0, description="0 lets TensorFlow choose.")
-    worker_concurrency: int = Field(2, ge=1, description="Tasks a worker runs at once.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass (GPU: 256).")
+    device: Literal["cpu", "gpu"] = Field(
+        "cpu",
+        description="What scores: `gpu` changes the defaults of the settings marked (GPU: ...).",
+    )
+    decode_threads: int = Field(
+        4, ge=1, le=64, description="Decoding threads per process (GPU: 8)."
+    )
+    tf_intra_op_threads: int = Field(1, ge=0, description="0 lets TensorFlow choose (GPU: 0).")
+    tf_inter_op_threads: int = Field(2, ge=0, description="0 lets TensorFlow choose (GPU: 0).")
+    worker_concurrency: int = Field(2, ge=1, description="Tasks a worker runs at once (GPU: 1).")
     worker_pool: Literal["prefork", "threads", "solo"] = Field(
         "threads",
         description="Celery pool of `pneumoscan worker`: threads share one model in memory; "
-        "prefork loads one per child, so a crash costs only that child; solo for one GPU.",
+        "prefork loads one per child, so a crash costs only that child; solo (GPU) owns one GPU.",
     )
     mixed_precision: bool = Field(
         False, description="Train (and so score) in mixed precision: float16 on GPU."
@@ -149,6 +164,16 @@ class Settings(BaseSettings):
         if value and value.split("://", 1)[0] not in BROKER_SCHEMES:
             raise ValueError(f"broker URL scheme must be one of {', '.join(BROKER_SCHEMES)}")
         return value
+
+    @model_validator(mode="after")
+    def _apply_device_defaults(self) -> Settings:
+        """On a GPU the forward pass is cheap: bigger batches, more decoding threads, one
+        solo process owning the device, TensorFlow's own thread pools. Explicit values win."""
+        if self.device == "gpu":
+            for name, value in GPU_DEFAULTS.items():
+                if name not in self.model_fields_set:
+                    setattr(self, name, value)
+        return self
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.config import Settings
+from core.config import Settings, load_settings
 
 
 def test_embedded_defaults_live_under_home(tmp_path: Path) -> None:
@@ -32,3 +32,24 @@ def test_environment_switches_to_postgresql_and_redis(monkeypatch: pytest.Monkey
 def test_invalid_settings_are_refused_at_start(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=field):
         Settings(**{field: value})
+
+
+def test_a_gpu_device_raises_the_scoring_defaults_and_explicit_values_win() -> None:
+    cpu = load_settings()
+    gpu = load_settings(device="gpu")
+    assert (cpu.batch_size, cpu.decode_threads, cpu.worker_pool) == (64, 4, "threads")
+    assert (gpu.batch_size, gpu.decode_threads, gpu.worker_pool, gpu.worker_concurrency) == (
+        256,
+        8,
+        "solo",
+        1,
+    )
+    assert (gpu.tf_intra_op_threads, gpu.tf_inter_op_threads) == (0, 0)
+    assert load_settings(device="gpu", batch_size=128).batch_size == 128
+
+
+def test_the_gpu_defaults_apply_from_the_environment_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PNEUMOSCAN_DEVICE", "gpu")
+    monkeypatch.setenv("PNEUMOSCAN_DECODE_THREADS", "6")
+    settings = load_settings()
+    assert (settings.batch_size, settings.decode_threads) == (256, 6)
