@@ -132,11 +132,7 @@ def _submit_raw_archive(context: ApiContext, job_id: str) -> Job:
     """A zip sent as the whole body: the fastest way in (no multipart parsing). When it arrives
     fast, the job is queued while it arrives and ingest reads it as it comes (core/arriving.py);
     a failed upload leaves no job behind either way."""
-    first = request.stream.read(CHUNK)
-    if not first:
-        raise api_error(400, "the body is empty", "invalid_upload")
-    if first[:4] not in (ZIP_MAGIC, EMPTY_ZIP_MAGIC):
-        raise api_error(400, "the body is not a zip file", "invalid_upload")
+    first = _first_zip_chunk()
     _, options = parse_options_header(request.headers.get("Content-Disposition", ""))
     name = options.get("filename") or ARCHIVE_NAME
     early_rate = context.settings.early_ingest_mb_per_s * 1024 * 1024
@@ -149,14 +145,7 @@ def _submit_raw_archive(context: ApiContext, job_id: str) -> Job:
                 upload.write(chunk)
                 if job is None and _arrives_fast(upload.size, started, early_rate):
                     job = _create_and_enqueue(context, job_id, SourceKind.ARCHIVE, name)
-            # gunicorn ends the body quietly when the client goes away: count what came.
-            expected = request.content_length
-            if expected is not None and upload.size != expected:
-                raise api_error(
-                    400,
-                    f"the upload ended after {upload.size} of {expected} bytes",
-                    "incomplete_upload",
-                )
+            _check_complete(upload.size)
         return job or _create_and_enqueue(context, job_id, SourceKind.ARCHIVE, name)
     except BaseException:
         if job is not None:
@@ -164,6 +153,23 @@ def _submit_raw_archive(context: ApiContext, job_id: str) -> Job:
                 discard_job(session, job_id)
         context.storage.remove_job(job_id)
         raise
+
+
+def _first_zip_chunk() -> bytes:
+    first: bytes = request.stream.read(CHUNK)
+    if not first:
+        raise api_error(400, "the body is empty", "invalid_upload")
+    if first[:4] not in (ZIP_MAGIC, EMPTY_ZIP_MAGIC):
+        raise api_error(400, "the body is not a zip file", "invalid_upload")
+    return first
+
+
+def _check_complete(received: int) -> None:
+    """gunicorn ends a body quietly when its client goes away: count what came."""
+    expected = request.content_length
+    if expected is not None and received != expected:
+        message = f"the upload ended after {received} of {expected} bytes"
+        raise api_error(400, message, "incomplete_upload")
 
 
 def _arrives_fast(size: int, started: float, rate: float) -> bool:
