@@ -105,7 +105,9 @@ class Settings(BaseSettings):
         600, ge=1, description="A job with no progress for this long gets its work sent again."
     )
     max_batch_attempts: int = Field(
-        3, ge=1, description="Starts of a batch before it is split (its worker keeps dying)."
+        3,
+        ge=1,
+        description="Starts of a batch before its images go one at a time (its worker died).",
     )
     dicom_accept_any: bool = Field(
         False, description="Score DICOM objects that are not frontal chest radiographs too."

@@ -13,7 +13,17 @@ from sqlalchemy.orm import Session
 
 from core.archive import UnsafePathError, clean_relative_path
 from core.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
-from core.models import FINISHED_STATUSES, Image, Job, JobStatus, RejectedEntry, SourceKind, utcnow
+from core.models import (
+    FINISHED_STATUSES,
+    BatchAttempt,
+    Image,
+    Job,
+    JobStatus,
+    RejectedEntry,
+    SourceKind,
+    utcnow,
+)
+from core.recovery import batch_key
 from core.registry import active_version
 from core.storage import Storage
 
@@ -143,7 +153,9 @@ def save_uploaded_images(
 
 
 def pending_image_batches(session: Session, job_id: str, batch_size: int) -> list[list[int]]:
-    """Ids of the job's images that still lack a result, in batches of `batch_size`."""
+    """Ids of the job's images that still lack a result, in batches of `batch_size`; an image
+    whose worker died while scoring it alone (it has a start count of its own) goes alone
+    again, first, so the count that will stop it goes on."""
     ids = list(
         session.scalars(
             select(Image.id)
@@ -151,7 +163,11 @@ def pending_image_batches(session: Session, job_id: str, batch_size: int) -> lis
             .order_by(Image.id)
         )
     )
-    return [ids[start : start + batch_size] for start in range(0, len(ids), batch_size)]
+    counted = set(session.scalars(select(BatchAttempt.key).where(BatchAttempt.job_id == job_id)))
+    alone = {i for i in ids if batch_key(job_id, [i]) in counted}
+    rest = [i for i in ids if i not in alone]
+    batches = [rest[start : start + batch_size] for start in range(0, len(rest), batch_size)]
+    return [[i] for i in sorted(alone)] + batches
 
 
 def claim_waiting_jobs(session: Session) -> list[str]:

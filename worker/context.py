@@ -1,9 +1,13 @@
-"""What a task needs in its process: settings, database, storage, model cache, decode threads."""
+"""What a task needs in its process: settings, database, storage, model cache, decode threads,
+and the gate that keeps a retried batch alone."""
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from core.config import Settings
@@ -26,6 +30,7 @@ class WorkerContext:
         self._db: Database | None = None
         self._models: ActiveModelCache | None = None
         self._decode_pool: ThreadPoolExecutor | None = None
+        self._retries: RetryGate | None = None
 
     @property
     def db(self) -> Database:
@@ -52,6 +57,13 @@ class WorkerContext:
             )
         return self._decode_pool
 
+    @property
+    def retries(self) -> RetryGate:
+        self._reset_after_fork()
+        if self._retries is None:
+            self._retries = RetryGate()
+        return self._retries
+
     def _reset_after_fork(self) -> None:
         # A forked child must not share its parent's connections, threads or model.
         if self._pid != os.getpid():
@@ -59,3 +71,46 @@ class WorkerContext:
             self._db = None
             self._models = None
             self._decode_pool = None
+            self._retries = None
+
+
+class RetryGate:
+    """Work started again after its worker died runs alone in its process.
+
+    With the threads pool every task shares one process, so a crash kills them all: a batch
+    retried next to others would take them down again, and they would be counted as suspects
+    in turn. Ordinary batches share the gate; a retry waits for them to finish and keeps new
+    ones out until it is done (in a prefork child there is only ever one task).
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._sharing = 0
+        self._alone = False
+        self._waiting_alone = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._alone and not self._waiting_alone)
+            self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._sharing -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._changed:
+            self._waiting_alone += 1
+            self._changed.wait_for(lambda: not self._alone and not self._sharing)
+            self._waiting_alone -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._alone = False
+                self._changed.notify_all()

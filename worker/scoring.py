@@ -99,19 +99,11 @@ def _check_classifier(network: Any, version: ModelVersion) -> None:
         )
 
 
-@dataclass(frozen=True)
-class BatchOutcome:
-    """What a batch did: results newly written, or halves to send again as their own batches."""
-
-    new: int = 0
-    split: tuple[list[int], ...] = ()
-
-
 GAVE_UP = "the worker stopped {times} times while scoring this image, so it was not scored"
 
 
-def score_images(context: WorkerContext, job_id: str, image_ids: Sequence[int]) -> BatchOutcome:
-    """Score the images of one batch that still need it."""
+def score_images(context: WorkerContext, job_id: str, image_ids: Sequence[int]) -> int:
+    """Score the images of one batch that still need it; returns how many results are new."""
     with context.db.session() as session:
         todo = images_to_score(session, job_id, image_ids)
         model = active_version(session) if todo else None
@@ -125,33 +117,48 @@ def score_images(context: WorkerContext, job_id: str, image_ids: Sequence[int]) 
             job_id,
             len(image_ids),
         )
-        return BatchOutcome()
+        return 0
     if attempt > context.settings.max_batch_attempts:
-        return _split_or_give_up(context, job_id, image_ids, todo, model, attempt)
+        return _one_at_a_time(context, job_id, image_ids, todo, model, attempt)
     loaded = _load_or_park(context, job_id, model)
     if loaded is None:
-        return BatchOutcome()
+        return 0
+    # A batch whose first start killed its worker runs alone: it may do it again.
+    with context.retries.alone() if attempt > 1 else context.retries.shared():
+        new = _score_and_record(context, job_id, loaded, todo, model, attempt)
+    with context.db.session() as session:
+        forget_attempts(session, job_id, image_ids)
+    return new
+
+
+def _score_and_record(
+    context: WorkerContext,
+    job_id: str,
+    loaded: LoadedModel,
+    images: Sequence[ImageToScore],
+    model: ModelVersion,
+    attempt: int,
+) -> int:
     log.info(
         "job %s: scoring %d images, ids %d..%d (attempt %d, process %d)",
         job_id,
-        len(todo),
-        todo[0].image_id,
-        todo[-1].image_id,
+        len(images),
+        images[0].image_id,
+        images[-1].image_id,
         attempt,
         os.getpid(),
     )
-    results = predict_images(loaded, todo, context.storage, context.decode_pool, context.settings)
+    results = predict_images(loaded, images, context.storage, context.decode_pool, context.settings)
     with context.db.session() as session:
         new = record_results(session, job_id, results, model)
-        forget_attempts(session, job_id, image_ids)
     log.info(
         "job %s batch of %d: %d new results, %d already recorded",
         job_id,
-        len(image_ids),
+        len(images),
         new,
         len(results) - new,
     )
-    return BatchOutcome(new)
+    return new
 
 
 def _load_or_park(context: WorkerContext, job_id: str, model: ModelVersion) -> LoadedModel | None:
@@ -168,31 +175,60 @@ def _load_or_park(context: WorkerContext, job_id: str, model: ModelVersion) -> L
         return None
 
 
-def _split_or_give_up(
+def _one_at_a_time(
     context: WorkerContext,
     job_id: str,
     image_ids: Sequence[int],
     todo: Sequence[ImageToScore],
     model: ModelVersion,
     attempt: int,
-) -> BatchOutcome:
-    """A batch that keeps killing its worker: halve it until one image is left, then record
-    that image as an error, so one poison image never blocks the others forever."""
-    ids = [image.image_id for image in todo]
+) -> int:
+    """A batch that keeps killing its worker: its images are scored one at a time, alone in
+    the process, each start counted first, so the one that kills it is known by its count
+    and recorded as an error once past the limit; one poison image never blocks the others.
+    Whichever way its batches are sent again, an image's own count follows it."""
+    limit = context.settings.max_batch_attempts
+    if len(image_ids) > 1:
+        log.warning(
+            "job %s: a batch of %d was started %d times without finishing; "
+            "scoring its images one at a time",
+            job_id,
+            len(image_ids),
+            attempt - 1,
+        )
+    new, loaded = 0, None
+    with context.retries.alone():
+        for image in todo:
+            # A batch of one is counted under the image's own key already.
+            starts = attempt if len(image_ids) == 1 else _count_start(context, job_id, image)
+            if starts > limit:
+                new += _give_up(context, job_id, image.image_id, model, starts)
+                continue
+            loaded = loaded or _load_or_park(context, job_id, model)
+            if loaded is None:
+                return new
+            new += _score_and_record(context, job_id, loaded, [image], model, starts)
+            with context.db.session() as session:
+                forget_attempts(session, job_id, [image.image_id])
     with context.db.session() as session:
         forget_attempts(session, job_id, image_ids)
-        if len(ids) > 1:
-            log.warning(
-                "job %s: a batch of %d was started %d times without finishing; splitting it",
-                job_id,
-                len(ids),
-                attempt - 1,
-            )
-            return BatchOutcome(split=(ids[: len(ids) // 2], ids[len(ids) // 2 :]))
-        error = GAVE_UP.format(times=attempt - 1)
-        new = record_results(session, job_id, [ImageResult(ids[0], error=error)], model)
-    log.error("job %s image %d: %s", job_id, ids[0], error)
-    return BatchOutcome(new)
+    return new
+
+
+def _count_start(context: WorkerContext, job_id: str, image: ImageToScore) -> int:
+    with context.db.session() as session:
+        return count_attempt(session, job_id, [image.image_id])
+
+
+def _give_up(
+    context: WorkerContext, job_id: str, image_id: int, model: ModelVersion, starts: int
+) -> int:
+    error = GAVE_UP.format(times=starts - 1)
+    with context.db.session() as session:
+        new = record_results(session, job_id, [ImageResult(image_id, error=error)], model)
+        forget_attempts(session, job_id, [image_id])
+    log.error("job %s image %d: %s", job_id, image_id, error)
+    return new
 
 
 def predict_images(

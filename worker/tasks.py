@@ -56,9 +56,7 @@ def score_batch(self: Task, job_id: str, image_ids: list[int]) -> None:
     """Score one model batch of a job's images and record the results."""
     from worker.scoring import score_images
 
-    outcome = score_images(context_of(self.app), job_id, image_ids)
-    for part in outcome.split:
-        score_batch.delay(job_id, part)
+    score_images(context_of(self.app), job_id, image_ids)
 
 
 @shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)

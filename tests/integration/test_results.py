@@ -10,6 +10,7 @@ from core.config import Settings
 from core.db import Database
 from core.jobs import create_job, pending_image_batches
 from core.models import Image, Job, JobStatus, ModelVersion, SourceKind
+from core.recovery import count_attempt
 from core.results import ImageResult, record_results
 from core.storage import Storage
 
@@ -92,5 +93,21 @@ def test_pending_batches_cover_only_unscored_images(job_with_images) -> None:  #
     with db.session() as session:
         assert pending_image_batches(session, job_id, batch_size=2) == [
             [ids[0], ids[2]],
+            [ids[3], ids[4]],
+        ]
+
+
+def test_an_image_whose_worker_died_scoring_it_alone_is_sent_alone_again(job_with_images) -> None:  # type: ignore[no-untyped-def]
+    """Its own start count goes on only if it comes back alone; in a regrouped batch the
+    count would start again, and the poison would take its new neighbours down with it."""
+    db, job_id, _ = job_with_images
+    ids = ids_of(db)
+    with db.session() as session:
+        count_attempt(session, job_id, [ids[2]])  # started alone, then the worker died
+        count_attempt(session, job_id, [ids[0], ids[1]])  # a batch's count says nothing
+    with db.session() as session:
+        assert pending_image_batches(session, job_id, batch_size=2) == [
+            [ids[2]],
+            [ids[0], ids[1]],
             [ids[3], ids[4]],
         ]
