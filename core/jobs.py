@@ -164,7 +164,8 @@ def pending_image_batches(session: Session, job_id: str, batch_size: int) -> lis
         )
     )
     counted = set(session.scalars(select(BatchAttempt.key).where(BatchAttempt.job_id == job_id)))
-    alone = {i for i in ids if batch_key(job_id, [i]) in counted}
+    # Usually there are no counts at all: no image is hashed for nothing then.
+    alone = {i for i in ids if batch_key(job_id, [i]) in counted} if counted else set()
     rest = [i for i in ids if i not in alone]
     batches = [rest[start : start + batch_size] for start in range(0, len(rest), batch_size)]
     return [[i] for i in sorted(alone)] + batches

@@ -6,6 +6,7 @@ import io
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -80,114 +81,125 @@ def _zip_with_cut(padding: int, images: list[bytes]) -> tuple[bytes, int]:
     return buffer.getvalue(), cut
 
 
-def test_a_fast_raw_zip_upload_is_scored_while_it_arrives(
-    backend_settings: Settings, tmp_path: Path, baseline_model: Path
-) -> None:
-    """The first half of the zip is scored while the client still holds back the second."""
-    settings = backend_settings.model_copy(update={"api_port": free_port(), "batch_size": 4})
-    stack = Stack(settings, tmp_path)
-    api = ServiceProcess(settings, tmp_path / "api.log", "api")
-    try:
-        stack.import_model(baseline_model)
-        # Two tasks at once, as the service runs: ingest waits for bytes while a batch scores.
-        stack.worker = WorkerProcess(settings, tmp_path / "worker.log", concurrency=2)
-        base = f"http://127.0.0.1:{settings.api_port}"
-        wait_for(lambda: http_ok(f"{base}/healthz"), 60, "the api")
-        with stack.db.session() as session:
-            _, key = create_key(session, "uploader", "submit")
-        images = [jpeg_bytes(gradient((300 + i, 240))) for i in range(16)]
-        # The API reads the body a MiB at a time: the first half ends on a MiB boundary, so
-        # all of it reaches the disk while the second half is held back.
-        data, cut = _zip_with_cut(17 * MB, images)
-        data, cut = _zip_with_cut(17 * MB + (-cut % MB), images)
-        assert cut % MB == 0
-        scored_during_upload: list[int] = []
+@dataclass
+class EarlyUpload:
+    """The API and a two-task worker running, and a zip of 16 images behind 17 MiB of
+    padding (enough to be judged fast) whose first half ends on a MiB boundary: the API
+    reads the body a MiB at a time, so all of the first half reaches the disk while a
+    client holds back the second."""
 
-        def scored() -> int:
-            with stack.db.session() as session:
-                return session.scalar(select(func.coalesce(func.sum(Job.scored), 0))) or 0
+    stack: Stack
+    api: ServiceProcess
+    key: str
+    data: bytes
+    cut: int
 
-        def body() -> Iterator[bytes]:
-            for start in range(0, cut, MB):
-                yield data[start : start + MB]
-            with contextlib.suppress(TimeoutError):
-                wait_for(lambda: scored() >= 8, 60, "scoring during the upload")
-            scored_during_upload.append(scored())
-            yield data[cut:]
-
-        response = httpx.post(
-            f"{base}/v1/jobs",
-            content=body(),
+    def post(self, body: Iterator[bytes]) -> httpx.Response:
+        return httpx.post(
+            f"http://127.0.0.1:{self.stack.settings.api_port}/v1/jobs",
+            content=body,
             timeout=300,
             headers={
-                "Authorization": f"Bearer {key}",
+                "Authorization": f"Bearer {self.key}",
                 "Content-Type": "application/zip",
-                "Content-Length": str(len(data)),
+                "Content-Length": str(len(self.data)),
             },
         )
-        assert response.status_code == 202, response.text
-        assert scored_during_upload == [8], api.log()[-3000:] + stack.worker.log()[-3000:]
-        job = stack.wait_finished(response.json()["id"])
-        assert (job["status"], job["total"], job["scored"], job["rejected"]) == (
-            "completed",
-            16,
-            16,
-            1,
-        )
-        assert not list((settings.storage_dir / "uploads" / job["id"]).glob("archive.zip*"))
-    finally:
-        api.stop()
-        stack.close()
+
+    def first_half(self) -> Iterator[bytes]:
+        for start in range(0, self.cut, MB):
+            yield self.data[start : start + MB]
 
 
-def test_a_raw_zip_upload_cut_off_while_ingest_reads_it_leaves_nothing(
-    settings: Settings, tmp_path: Path, baseline_model: Path
-) -> None:
+def _early_upload(settings: Settings, tmp_path: Path, model: Path) -> Iterator[EarlyUpload]:
     settings = settings.model_copy(update={"api_port": free_port(), "batch_size": 4})
     stack = Stack(settings, tmp_path)
     api = ServiceProcess(settings, tmp_path / "api.log", "api")
     try:
-        stack.import_model(baseline_model)
+        stack.import_model(model)
+        # Two tasks at once, as the service runs: ingest waits for bytes while a batch scores.
         stack.worker = WorkerProcess(settings, tmp_path / "worker.log", concurrency=2)
-        base = f"http://127.0.0.1:{settings.api_port}"
-        wait_for(lambda: http_ok(f"{base}/healthz"), 60, "the api")
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{settings.api_port}/healthz"), 60, "the api")
         with stack.db.session() as session:
             _, key = create_key(session, "uploader", "submit")
         images = [jpeg_bytes(gradient((300 + i, 240))) for i in range(16)]
-        data, cut = _zip_with_cut(17 * MB, images)
+        _, cut = _zip_with_cut(17 * MB, images)
         data, cut = _zip_with_cut(17 * MB + (-cut % MB), images)
-
-        def recorded() -> int:
-            with stack.db.session() as session:
-                return session.scalar(select(func.count()).select_from(Image)) or 0
-
-        def body() -> Iterator[bytes]:
-            for start in range(0, cut, MB):
-                yield data[start : start + MB]
-            wait_for(lambda: recorded() >= 8, 60, "ingest to read the first half")
-            raise ConnectionAbortedError("the client gives up")
-
-        with pytest.raises(ConnectionAbortedError):  # httpx drops the connection
-            httpx.post(
-                f"{base}/v1/jobs",
-                content=body(),
-                timeout=60,
-                headers={
-                    "Authorization": f"Bearer {key}",
-                    "Content-Type": "application/zip",
-                    "Content-Length": str(len(data)),
-                },
-            )
-
-        def nothing_left() -> bool:
-            with stack.db.session() as session:
-                jobs = session.scalar(select(func.count()).select_from(Job))
-            folders = list((settings.storage_dir / "uploads").glob("[0-9a-f]*"))
-            return jobs == 0 and recorded() == 0 and not folders
-
-        wait_for(nothing_left, 30, "the failed upload's job and files to go")
-        wait_for(lambda: "ingested: 0 images" in stack.worker.log(), 30, "ingest to stop")
-        assert "Traceback" not in stack.worker.log()
+        assert cut % MB == 0
+        yield EarlyUpload(stack, api, key, data, cut)
     finally:
         api.stop()
         stack.close()
+
+
+@pytest.fixture
+def early_upload(
+    backend_settings: Settings, tmp_path: Path, baseline_model: Path
+) -> Iterator[EarlyUpload]:
+    yield from _early_upload(backend_settings, tmp_path, baseline_model)
+
+
+@pytest.fixture
+def early_upload_embedded(
+    settings: Settings, tmp_path: Path, baseline_model: Path
+) -> Iterator[EarlyUpload]:
+    yield from _early_upload(settings, tmp_path, baseline_model)
+
+
+def test_a_fast_raw_zip_upload_is_scored_while_it_arrives(early_upload: EarlyUpload) -> None:
+    """The first half of the zip is scored while the client still holds back the second."""
+    up = early_upload
+    scored_during_upload: list[int] = []
+
+    def scored() -> int:
+        with up.stack.db.session() as session:
+            return session.scalar(select(func.coalesce(func.sum(Job.scored), 0))) or 0
+
+    def body() -> Iterator[bytes]:
+        yield from up.first_half()
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: scored() >= 8, 60, "scoring during the upload")
+        scored_during_upload.append(scored())
+        yield up.data[up.cut :]
+
+    response = up.post(body())
+    assert response.status_code == 202, response.text
+    assert scored_during_upload == [8], up.api.log()[-3000:] + up.stack.worker.log()[-3000:]
+    job = up.stack.wait_finished(response.json()["id"])
+    assert (job["status"], job["total"], job["scored"], job["rejected"]) == (
+        "completed",
+        16,
+        16,
+        1,
+    )
+    uploads = up.stack.settings.storage_dir / "uploads"
+    assert not list((uploads / job["id"]).glob("archive.zip*"))
+
+
+def test_a_raw_zip_upload_cut_off_while_ingest_reads_it_leaves_nothing(
+    early_upload_embedded: EarlyUpload,
+) -> None:
+    up = early_upload_embedded
+
+    def recorded() -> int:
+        with up.stack.db.session() as session:
+            return session.scalar(select(func.count()).select_from(Image)) or 0
+
+    def body() -> Iterator[bytes]:
+        yield from up.first_half()
+        wait_for(lambda: recorded() >= 8, 60, "ingest to read the first half")
+        raise ConnectionAbortedError("the client gives up")
+
+    with pytest.raises(ConnectionAbortedError):  # httpx drops the connection
+        up.post(body())
+
+    def nothing_left() -> bool:
+        with up.stack.db.session() as session:
+            jobs = session.scalar(select(func.count()).select_from(Job))
+        folders = list((up.stack.settings.storage_dir / "uploads").glob("[0-9a-f]*"))
+        return jobs == 0 and recorded() == 0 and not folders
+
+    wait_for(nothing_left, 30, "the failed upload's job and files to go")
+    assert up.stack.worker is not None
+    wait_for(lambda: "ingested: 0 images" in up.stack.worker.log(), 30, "ingest to stop")
+    assert "Traceback" not in up.stack.worker.log()

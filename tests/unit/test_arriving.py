@@ -217,10 +217,9 @@ time.sleep(60)
 """
 
 
-def test_a_writer_process_that_dies_interrupts_the_upload(tmp_path: Path) -> None:
-    """Killed outright (no cleanup runs): its lock goes with it, the part file stays behind."""
-    data = plain(zipfile.ZIP_STORED)
-    final = tmp_path / "archive.zip"
+def writer_process(final: Path, data: bytes) -> subprocess.Popen[bytes]:
+    """Another process (as the API is) that writes `data` to the part file and lives on,
+    holding its lock, until it is killed."""
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(final)],
         stdin=subprocess.PIPE,
@@ -229,9 +228,18 @@ def test_a_writer_process_that_dies_interrupts_the_upload(tmp_path: Path) -> Non
     )
     assert writer.stdin is not None
     assert writer.stdout is not None
-    writer.stdin.write(data[: data.index(b"PK\x03\x04", 10) + 10])  # the first member, and a bit
+    writer.stdin.write(data)
     writer.stdin.close()
     assert writer.stdout.readline() == b"written\n"
+    return writer
+
+
+def test_a_writer_process_that_dies_interrupts_the_upload(tmp_path: Path) -> None:
+    """Killed outright (no cleanup runs): its lock goes with it, the part file stays behind."""
+    data = plain(zipfile.ZIP_STORED)
+    final = tmp_path / "archive.zip"
+    # The first member, and a bit of the next.
+    writer = writer_process(final, data[: data.index(b"PK\x03\x04", 10) + 10])
     entries = iter_upload(final, tmp_path / "files", LIMITS, lambda: None)
     assert isinstance(next(entries), Candidate)  # the first member was whole: read early
     os.kill(writer.pid, signal.SIGKILL)
@@ -281,17 +289,7 @@ def test_the_sweep_keeps_a_slow_upload_and_removes_one_whose_writer_died(
     storage = Storage(settings.storage_dir)
     final = storage.job_dir("0123456789abcdef0123456789abcdef") / "archive.zip"
     final.parent.mkdir(parents=True)
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(final)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).parents[2],
-    )
-    assert writer.stdin is not None
-    assert writer.stdout is not None
-    writer.stdin.write(b"PK\x03\x04")
-    writer.stdin.close()
-    assert writer.stdout.readline() == b"written\n"
+    writer = writer_process(final, b"PK\x03\x04")
     an_hour_ago = time.time() - 3600
     os.utime(final.parent, (an_hour_ago, an_hour_ago))
     with Database(settings.database_url).session() as session:
