@@ -12,6 +12,9 @@ InceptionResNetV2 at 75x75 (random weights) and the real full-resolution JPEGs o
   bound    1 / (1/model + 1/decode): the machine's rate if nothing else cost anything
   service  a zip POSTed to the real API, scored by real worker processes, from the start of
            the POST to the last result committed
+  folder   the same images named as a folder on the import volume (`{"folder": ...}`): no
+           upload and no extraction, so service/folder shows what receiving and storing the
+           zip costs
   naive    what tutorials do: full decode and resize, one `predict` per image, one INSERT and
            commit per result
 
@@ -163,11 +166,21 @@ class Service:
 
     def score(self, archive: Path) -> dict[str, float]:
         """Seconds from the start of the POST to the first and the last committed result."""
-        from sqlalchemy import create_engine, text
-
         started = datetime.now(UTC)
         job = self.client.submit(archive)  # the real client: `pneumoscan submit` uses it
-        uploaded = datetime.now(UTC)
+        return self._follow(job, started, datetime.now(UTC))
+
+    def score_folder(self, folder: Path) -> dict[str, float]:
+        """The same for a folder on the import volume (the files are read where they are)."""
+        started = datetime.now(UTC)
+        job = self.http.post("/v1/jobs", json={"folder": str(folder)}).raise_for_status().json()
+        return self._follow(job, started, started)
+
+    def _follow(
+        self, job: dict[str, Any], started: datetime, uploaded: datetime
+    ) -> dict[str, float]:
+        from sqlalchemy import create_engine, text
+
         # Polled as a client would (`pneumoscan submit` every 1 s): the times come from the
         # database, so polling faster would only add load to the machine being measured.
         while job["status"] not in ("completed", "failed", "cancelled"):
@@ -203,6 +216,14 @@ class Service:
         stop(self.api, self.worker)
 
 
+def import_folder(archive: Path, root: Path) -> Path:
+    """The study's files unpacked under an import root, as a shared volume would hold them."""
+    folder = root / "study"
+    with zipfile.ZipFile(archive) as bundle:
+        bundle.extractall(folder)
+    return folder
+
+
 def _aware(value: Any) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
@@ -228,6 +249,7 @@ def main() -> None:
         keep=WORKER_SETTINGS,
         max_upload_mb="8192",
     )
+    env["PNEUMOSCAN_IMPORT_ROOTS"] = str(home / "import")
     env.setdefault("PNEUMOSCAN_DATABASE_URL", f"sqlite:///{home / 'pneumoscan.db'}")
     settings = load_settings(
         **{k[11:].lower(): v for k, v in env.items() if k.startswith("PNEUMOSCAN_")}
@@ -248,6 +270,7 @@ def main() -> None:
     inputs = np.stack([load_model_input(p, size, 10**9) for p in paths]).astype(np.float32)
     inputs = np.concatenate([inputs] * (args.images // len(paths) + 1))[: args.images]
     archive = study_zip(paths, args.images, home / "study.zip")
+    folder = import_folder(archive, Path(env["PNEUMOSCAN_IMPORT_ROOTS"]))
     warm = study_zip(paths, batch * workers * 2, home / "warm.zip")
 
     step("starting api and worker")
@@ -255,6 +278,7 @@ def main() -> None:
     decode_rates: list[float] = []
     model_rates: list[float] = []
     runs: list[dict[str, float]] = []
+    folder_runs: list[dict[str, float]] = []
     try:
         service.score(warm)  # warm: the model loaded and traced in each worker process
         network = keras.models.load_model(model_path, compile=False)
@@ -262,10 +286,11 @@ def main() -> None:
         # Interleaved, so that each run's three figures share the same minutes: this VM's
         # speed drifts by 10-20 % from one minute to the next.
         for run in range(args.runs):
-            step(f"run {run + 1}/{args.runs}: decode, model, service")
+            step(f"run {run + 1}/{args.runs}: decode, model, service, folder")
             decode_rates.append(measure_decode(sample, decode_threads, size))
             model_rates.append(measure_model(network, inputs, batch))
             runs.append(service.score(archive))
+            folder_runs.append(service.score_folder(folder))
         del network
     finally:
         service.close()
@@ -275,6 +300,7 @@ def main() -> None:
         for _ in range(args.runs)
     ]
     service_rates = [run["images"] / run["seconds"] for run in runs]
+    folder_rates = [run["images"] / run["seconds"] for run in folder_runs]
     first_results = [run["first_result_seconds"] for run in runs]
 
     model, decode = statistics.median(model_rates), statistics.median(decode_rates)
@@ -299,6 +325,7 @@ def main() -> None:
         "decode": summary(decode_rates),
         "bound": round(bound, 1),
         "service": summary(service_rates),
+        "folder": summary(folder_rates),
         "naive": summary(naive_rates),
         "service_over_bound": round(served / bound, 3),
         # Each run's service against the bound of its own decode and model figures.
@@ -307,6 +334,10 @@ def main() -> None:
             for s, m, d in zip(service_rates, model_rates, decode_rates, strict=True)
         ],
         "service_over_naive": round(served / naive, 1),
+        "folder_over_bound_per_run": [
+            round(f / (1 / (1 / m + 1 / d)), 3)
+            for f, m, d in zip(folder_rates, model_rates, decode_rates, strict=True)
+        ],
         "first_result_seconds": summary(first_results),
         "phases_seconds": {
             phase: summary([run[f"{phase}_seconds"] for run in runs])["median"]
@@ -318,8 +349,11 @@ def main() -> None:
                 "decode": round(d, 1),
                 "model": round(m, 1),
                 **{key: round(value, 2) for key, value in run.items()},
+                "folder_seconds": round(folder_run["seconds"], 2),
             }
-            for d, m, run in zip(decode_rates, model_rates, runs, strict=True)
+            for d, m, run, folder_run in zip(
+                decode_rates, model_rates, runs, folder_runs, strict=True
+            )
         ],
         "worker_rss_mb": {
             "total": round(service.rss_total),
@@ -328,7 +362,7 @@ def main() -> None:
     }
     print(f"machine           {figures['machine']}")
     print(f"images            {args.images} (origres repeated), batch {batch}")
-    for name in ("model", "decode", "service", "naive"):
+    for name in ("model", "decode", "service", "folder", "naive"):
         f = figures[name]
         print(f"{name:17} {f['median']:7.1f} images/s  (min {f['min']}, max {f['max']})")
     print(f"bound             {bound:7.1f} images/s")
@@ -341,6 +375,10 @@ def main() -> None:
     print(
         f"service/bound     {figures['service_over_bound']:7.3f}  (each run against its own "
         f"bound: {', '.join(map(str, figures['service_over_bound_per_run']))})"
+    )
+    print(
+        f"folder/bound      {statistics.median(folder_rates) / bound:7.3f}  (each run against "
+        f"its own bound: {', '.join(map(str, figures['folder_over_bound_per_run']))})"
     )
     print(f"service/naive     {figures['service_over_naive']:7.1f}")
     print(
