@@ -4,6 +4,8 @@
 Every multipart file is written, while it arrives, to a temporary file under
 `storage/uploads/.incoming/` that holds an `flock` for as long as its request lives: the
 sweep deletes only the temporary files nobody holds (their API process died).
+
+A client that goes quiet in the middle of a body is dropped after `upload_idle_seconds`.
 """
 
 from __future__ import annotations
@@ -15,14 +17,46 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
-from flask import Request, current_app
+from apiflask import APIFlask
+from flask import Request, current_app, request
+from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import FileStorage
+from werkzeug.exceptions import ClientDisconnected
 
 from api.context import api_context
+from api.errors import api_error, render_error
 from core.recovery import INCOMING
 from core.storage import Storage
 
 CHUNK = 1024 * 1024
+
+
+def init_app(app: APIFlask, idle_seconds: int) -> None:
+    """Requests whose client stops sending fail after `idle_seconds` instead of never.
+
+    gunicorn reads a body from a blocking socket with no timeout, so a client that vanishes
+    without closing its connection would hold an API thread, and the ingest reading its zip
+    as it arrives a worker slot, for good. gunicorn hands the application that socket as
+    `gunicorn.socket` and makes it blocking again before the connection's next request, so
+    the timeout set here covers this request only. (Werkzeug's development server has no
+    such key: nothing changes there.)
+    """
+
+    @app.before_request
+    def _limit_idle_time() -> None:
+        connection = request.environ.get("gunicorn.socket")
+        if connection is not None:
+            connection.settimeout(idle_seconds)
+
+    def _stopped(error: ClientDisconnected) -> ResponseReturnValue:
+        message = (
+            f"the request body stopped before its end: nothing arrived for {idle_seconds} s, "
+            "or the client went away"
+        )
+        return render_error(api_error(400, message, "incomplete_upload"))
+
+    # Werkzeug turns the socket's timeout (an OSError) into ClientDisconnected.
+    app.register_error_handler(ClientDisconnected, _stopped)
 
 
 def incoming_dir(storage: Storage) -> Path:

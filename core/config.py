@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         default_factory=list, description="Server folders that JSON {'folder': ...} jobs may name."
     )
     max_upload_mb: int = Field(2048, ge=1, description="Largest accepted request body.")
+    upload_idle_seconds: int = Field(
+        60,
+        ge=1,
+        description="A request whose client sends nothing for this long fails (an upload's "
+        "job and files go with it).",
+    )
     early_ingest_mb_per_s: float = Field(
         50.0,
         ge=0,

@@ -3,6 +3,7 @@ and a fast raw zip is scored while it arrives."""
 
 import contextlib
 import io
+import socket
 import time
 import zipfile
 from collections.abc import Iterator
@@ -146,6 +147,14 @@ def early_upload_embedded(
     yield from _early_upload(settings, tmp_path, baseline_model)
 
 
+@pytest.fixture
+def early_upload_impatient(
+    settings: Settings, tmp_path: Path, baseline_model: Path
+) -> Iterator[EarlyUpload]:
+    impatient = settings.model_copy(update={"upload_idle_seconds": 3})
+    yield from _early_upload(impatient, tmp_path, baseline_model)
+
+
 def test_a_fast_raw_zip_upload_is_scored_while_it_arrives(early_upload: EarlyUpload) -> None:
     """The first half of the zip is scored while the client still holds back the second."""
     up = early_upload
@@ -203,3 +212,58 @@ def test_a_raw_zip_upload_cut_off_while_ingest_reads_it_leaves_nothing(
     assert up.stack.worker is not None
     wait_for(lambda: "ingested: 0 images" in up.stack.worker.log(), 30, "ingest to stop")
     assert "Traceback" not in up.stack.worker.log()
+
+
+def test_a_stalled_upload_is_dropped_and_frees_the_ingest_waiting_for_it(
+    early_upload_impatient: EarlyUpload,
+) -> None:
+    """A client that goes quiet mid-body (its connection open, nothing sent) would otherwise
+    hold an API thread, and the worker slot of the ingest reading its zip, for ever."""
+    up = early_upload_impatient
+    port = up.stack.settings.api_port
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {up.key}\r\nContent-Type: application/zip\r\n"
+        f"Content-Length: {len(up.data)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(head)
+        for chunk in up.first_half():
+            client.sendall(chunk)
+        client.settimeout(60)  # the client says nothing more, and waits for the answer
+        answer = client.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:500]
+    assert b"incomplete_upload" in answer
+    assert b"nothing arrived for 3 s" in answer
+
+    def nothing_left() -> bool:
+        with up.stack.db.session() as session:
+            jobs = session.scalar(select(func.count()).select_from(Job))
+            images = session.scalar(select(func.count()).select_from(Image))
+        folders = list((up.stack.settings.storage_dir / "uploads").glob("[0-9a-f]*"))
+        return jobs == 0 and images == 0 and not folders
+
+    wait_for(nothing_left, 30, "the stalled upload's job and files to go")
+    assert up.stack.worker is not None
+    wait_for(lambda: "ingested: 0 images" in up.stack.worker.log(), 30, "ingest to stop")
+
+
+def test_an_upload_pausing_for_less_than_the_idle_limit_goes_through(
+    early_upload_impatient: EarlyUpload,
+) -> None:
+    """The limit is on silence, not on the upload's length: pauses of 2 s under a 3 s limit,
+    spread over more than 3 s, lose nothing."""
+    up = early_upload_impatient
+
+    def body() -> Iterator[bytes]:
+        yield from up.first_half()
+        rest = up.data[up.cut :]
+        third = len(rest) // 3 + 1
+        for start in range(0, len(rest), third):  # three pieces, 6 s in all
+            time.sleep(2)
+            yield rest[start : start + third]
+
+    response = up.post(body())
+    assert response.status_code == 202, response.text
+    job = up.stack.wait_finished(response.json()["id"])
+    assert (job["status"], job["total"], job["scored"]) == ("completed", 16, 16)
