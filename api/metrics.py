@@ -1,0 +1,101 @@
+"""GET /metrics: Prometheus's text format, open like the health endpoints, outside /v1.
+
+Only counts: no job ids, paths or key names. Built from the database at each scrape
+(`core.metrics`), so it needs no state shared between gunicorn's processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from apiflask import APIBlueprint, APIFlask
+from flask import Response, current_app
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from api.context import api_context
+from core.db import Database
+from core.metrics import ServiceCounts, service_counts
+
+bp = APIBlueprint("metrics", __name__, tag="Health")
+REGISTRY = "pneumoscan.metrics"
+# The text format every Prometheus reads (the newer 1.0.0 differs only for non-ASCII names).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
+    200: {
+        "description": "Prometheus's text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def init_app(app: APIFlask) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector(api_context(app).db))
+    app.extensions[REGISTRY] = registry
+    app.register_blueprint(bp)
+
+
+class DatabaseCollector:
+    """A Prometheus collector that counts what the database holds when it is scraped."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        with self.db.session() as session:
+            counts = service_counts(session)
+        yield from gauges(counts)
+
+
+def gauges(counts: ServiceCounts) -> Iterator[Metric]:
+    jobs = GaugeMetricFamily("pneumoscan_jobs", "Jobs by status.", labels=["status"])
+    for status, count in counts.jobs.items():
+        jobs.add_metric([status], count)
+    yield jobs
+    yield GaugeMetricFamily(
+        "pneumoscan_jobs_waiting_for_model",
+        "Queued jobs that wait for a model to be activated.",
+        value=counts.jobs_waiting_for_model,
+    )
+    images = GaugeMetricFamily(
+        "pneumoscan_images",
+        "Images of recorded jobs: scored, error (could not be decoded), pending (of queued and "
+        "running jobs), and rejected entries (not images).",
+        labels=["state"],
+    )
+    for state, count in counts.images.items():
+        images.add_metric([state], count)
+    yield images
+    yield GaugeMetricFamily(
+        "pneumoscan_oldest_unfinished_job_seconds",
+        "Age of the oldest queued or running job (0 when none): alert when work stops moving.",
+        value=counts.oldest_unfinished_job_seconds,
+    )
+    active = GaugeMetricFamily(
+        "pneumoscan_active_model", "The active model version (1), if any.", labels=["version"]
+    )
+    if counts.active_model is not None:
+        active.add_metric([counts.active_model], 1)
+    yield active
+    versions = GaugeMetricFamily(
+        "pneumoscan_model_versions", "Model versions by status.", labels=["status"]
+    )
+    for status, count in counts.model_versions.items():
+        versions.add_metric([status], count)
+    yield versions
+    runs = GaugeMetricFamily(
+        "pneumoscan_training_runs", "Training runs by status.", labels=["status"]
+    )
+    for status, count in counts.training_runs.items():
+        runs.add_metric([status], count)
+    yield runs
+
+
+@bp.get("/metrics")
+@bp.doc(responses=RESPONSES)
+def metrics() -> Response:
+    """Counts of jobs, images, model versions and training runs, for Prometheus."""
+    registry: CollectorRegistry = current_app.extensions[REGISTRY]
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE)
