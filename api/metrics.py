@@ -50,47 +50,41 @@ class DatabaseCollector:
 
 
 def gauges(counts: ServiceCounts) -> Iterator[Metric]:
-    jobs = GaugeMetricFamily("pneumoscan_jobs", "Jobs by status.", labels=["status"])
-    for status, count in counts.jobs.items():
-        jobs.add_metric([status], count)
-    yield jobs
+    yield _labelled("pneumoscan_jobs", "Jobs by status.", "status", counts.jobs)
     yield GaugeMetricFamily(
         "pneumoscan_jobs_waiting_for_model",
         "Queued jobs that wait for a model to be activated.",
         value=counts.jobs_waiting_for_model,
     )
-    images = GaugeMetricFamily(
+    yield _labelled(
         "pneumoscan_images",
         "Images of recorded jobs: scored, error (could not be decoded), pending (of queued and "
         "running jobs), and rejected entries (not images).",
-        labels=["state"],
+        "state",
+        counts.images,
     )
-    for state, count in counts.images.items():
-        images.add_metric([state], count)
-    yield images
     yield GaugeMetricFamily(
         "pneumoscan_oldest_unfinished_job_seconds",
         "Age of the oldest queued or running job (0 when none): alert when work stops moving.",
         value=counts.oldest_unfinished_job_seconds,
     )
-    active = GaugeMetricFamily(
-        "pneumoscan_active_model", "The active model version (1), if any.", labels=["version"]
+    active = {counts.active_model: 1} if counts.active_model is not None else {}
+    yield _labelled(
+        "pneumoscan_active_model", "The active model version (1), if any.", "version", active
     )
-    if counts.active_model is not None:
-        active.add_metric([counts.active_model], 1)
-    yield active
-    versions = GaugeMetricFamily(
-        "pneumoscan_model_versions", "Model versions by status.", labels=["status"]
+    yield _labelled(
+        "pneumoscan_model_versions", "Model versions by status.", "status", counts.model_versions
     )
-    for status, count in counts.model_versions.items():
-        versions.add_metric([status], count)
-    yield versions
-    runs = GaugeMetricFamily(
-        "pneumoscan_training_runs", "Training runs by status.", labels=["status"]
+    yield _labelled(
+        "pneumoscan_training_runs", "Training runs by status.", "status", counts.training_runs
     )
-    for status, count in counts.training_runs.items():
-        runs.add_metric([status], count)
-    yield runs
+
+
+def _labelled(name: str, documentation: str, label: str, values: dict[str, int]) -> Metric:
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for key, value in values.items():
+        family.add_metric([key], value)
+    return family
 
 
 @bp.get("/metrics")
