@@ -267,3 +267,35 @@ def test_an_upload_pausing_for_less_than_the_idle_limit_goes_through(
     assert response.status_code == 202, response.text
     job = up.stack.wait_finished(response.json()["id"])
     assert (job["status"], job["total"], job["scored"]) == ("completed", 16, 16)
+
+
+def test_a_stalled_multipart_upload_is_dropped_and_leaves_no_job_or_temporary_file(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"api_port": free_port(), "upload_idle_seconds": 2})
+    api = ServiceProcess(settings, tmp_path / "api.log", "api")
+    try:
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{settings.api_port}/healthz"), 60, "the api")
+        with Database(settings.database_url).session() as session:
+            _, key = create_key(session, "uploader", "submit")
+        part = (
+            b'--b\r\nContent-Disposition: form-data; name="archive"; filename="s.zip"\r\n'
+            b"Content-Type: application/zip\r\n\r\nPK\x03\x04" + bytes(3 * MB)
+        )
+        head = (
+            f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {len(part) + 5 * MB}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", settings.api_port)) as client:
+            client.sendall(head + part)  # then nothing: two fifths of the body never come
+            client.settimeout(60)
+            answer = client.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:500]
+        assert b"incomplete_upload" in answer
+        with Database(settings.database_url).session() as session:
+            assert session.scalar(select(func.count()).select_from(Job)) == 0
+        incoming = settings.storage_dir / "uploads" / ".incoming"
+        wait_for(lambda: not list(incoming.glob("upload-*")), 10, "the temporary file to go")
+    finally:
+        api.stop()
