@@ -35,6 +35,7 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from common import (
 )
 
 from core.client import ApiClient
-from core.config import load_settings
+from core.config import Settings, load_settings
 from core.imaging import load_model_input
 from core.inference import predict_padded
 from tests.support import rss_kb
@@ -230,6 +231,162 @@ def _aware(value: Any) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+@dataclass
+class Measured:
+    """Every run's raw figures, in the order they were taken."""
+
+    decode: list[float] = field(default_factory=list)
+    model: list[float] = field(default_factory=list)
+    service: list[dict[str, float]] = field(default_factory=list)
+    folder: list[dict[str, float]] = field(default_factory=list)
+    naive: list[float] = field(default_factory=list)
+    rss_total_mb: float = 0.0
+    rss_process_mb: float = 0.0
+
+
+def measure(
+    args: argparse.Namespace, home: Path, env: dict[str, str], settings: Settings
+) -> Measured:
+    """Decode, model, service and folder in turn, `args.runs` times, then the naive pipeline."""
+    import keras
+
+    from training.model import make_model
+
+    paths, size, batch = origres_images(), 75, settings.batch_size
+    prefork = settings.worker_pool == "prefork"
+    decode_threads = settings.decode_threads * (settings.worker_concurrency if prefork else 1)
+    model_path = home / "inception_resnet_v2.keras"
+    make_model("inception_resnet_v2", size).save(model_path)
+    sample = [paths[i % len(paths)] for i in range(args.images)]
+    inputs = np.stack([load_model_input(p, size, 10**9) for p in paths]).astype(np.float32)
+    inputs = np.concatenate([inputs] * (args.images // len(paths) + 1))[: args.images]
+    archive = study_zip(paths, args.images, home / "study.zip")
+    folder = import_folder(archive, Path(env["PNEUMOSCAN_IMPORT_ROOTS"]))
+    warm = study_zip(paths, batch * settings.worker_concurrency * 2, home / "warm.zip")
+
+    step("starting api and worker")
+    service, measured = Service(home, env, model_path, args.port), Measured()
+    try:
+        service.score(warm)  # warm: the model loaded and traced in each worker process
+        network = keras.models.load_model(model_path, compile=False)
+        predict_padded(network, inputs[:batch], batch)  # trace the one batch shape
+        # Interleaved, so that each run's figures share the same minutes: this VM's speed
+        # drifts by 10-20 % from one minute to the next.
+        for run in range(args.runs):
+            step(f"run {run + 1}/{args.runs}: decode, model, service, folder")
+            measured.decode.append(measure_decode(sample, decode_threads, size))
+            measured.model.append(measure_model(network, inputs, batch))
+            measured.service.append(service.score(archive))
+            measured.folder.append(service.score_folder(folder))
+        del network
+    finally:
+        service.close()
+    measured.rss_total_mb, measured.rss_process_mb = service.rss_total, service.rss_process
+    step(f"naive ({args.naive_images} images per run)")
+    for _ in range(args.runs):
+        naive_paths = paths[: args.naive_images]
+        measured.naive.append(measure_naive(model_path, naive_paths, home / "naive.db"))
+    return measured
+
+
+def rates(runs: list[dict[str, float]]) -> list[float]:
+    return [run["images"] / run["seconds"] for run in runs]
+
+
+def figures_of(measured: Measured, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """The figures printed and written: medians, ratios, each run in full."""
+    model, decode = statistics.median(measured.model), statistics.median(measured.decode)
+    bound = 1 / (1 / model + 1 / decode)
+    service, folder = rates(measured.service), rates(measured.folder)
+
+    def per_run(served: list[float]) -> list[float]:
+        """Each run's rate against the bound of its own decode and model figures."""
+        pairs = zip(served, measured.model, measured.decode, strict=True)
+        return [round(s / (1 / (1 / m + 1 / d)), 3) for s, m, d in pairs]
+
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} CPUs, {cpu_model()}, {os.uname().machine}",
+        "images": args.images,
+        "settings": {
+            "batch_size": settings.batch_size,
+            "worker_pool": settings.worker_pool,
+            "worker_concurrency": settings.worker_concurrency,
+            "decode_threads": settings.decode_threads,
+            "tf_intra_op_threads": settings.tf_intra_op_threads,
+            "tf_inter_op_threads": settings.tf_inter_op_threads,
+            "mixed_precision": settings.mixed_precision,
+            "database": "postgresql" if args.database_url else "sqlite",
+            "broker": "redis" if args.broker_url else "filesystem",
+        },
+        "model": summary(measured.model),
+        "decode": summary(measured.decode),
+        "bound": round(bound, 1),
+        "service": summary(service),
+        "folder": summary(folder),
+        "naive": summary(measured.naive),
+        "service_over_bound": round(statistics.median(service) / bound, 3),
+        "service_over_bound_per_run": per_run(service),
+        "folder_over_bound": round(statistics.median(folder) / bound, 3),
+        "folder_over_bound_per_run": per_run(folder),
+        "service_over_naive": round(
+            statistics.median(service) / statistics.median(measured.naive), 1
+        ),
+        "first_result_seconds": summary([run["first_result_seconds"] for run in measured.service]),
+        "phases_seconds": {
+            phase: summary([run[f"{phase}_seconds"] for run in measured.service])["median"]
+            for phase in ("upload", "running", "after_upload")
+        },
+        # Each run in full: where a slow run lost its time.
+        "runs": [
+            {
+                "decode": round(d, 1),
+                "model": round(m, 1),
+                **{key: round(value, 2) for key, value in run.items()},
+                "folder_seconds": round(folder_run["seconds"], 2),
+            }
+            for d, m, run, folder_run in zip(
+                measured.decode, measured.model, measured.service, measured.folder, strict=True
+            )
+        ],
+        "worker_rss_mb": {
+            "total": round(measured.rss_total_mb),
+            "largest_process": round(measured.rss_process_mb),
+        },
+    }
+
+
+def report(figures: dict[str, Any]) -> None:
+    print(f"machine           {figures['machine']}")
+    print(
+        f"images            {figures['images']} (origres repeated), "
+        f"batch {figures['settings']['batch_size']}"
+    )
+    for name in ("model", "decode", "service", "folder", "naive"):
+        f = figures[name]
+        print(f"{name:17} {f['median']:7.1f} images/s  (min {f['min']}, max {f['max']})")
+    print(f"bound             {figures['bound']:7.1f} images/s")
+    phases = figures["phases_seconds"]
+    print(
+        f"service phases    upload {phases['upload']} s, job running after "
+        f"{phases['running']} s, last result {phases['after_upload']} s after the upload "
+        "(medians, from the start of the POST)"
+    )
+    for name in ("service", "folder"):
+        print(
+            f"{name + '/bound':17} {figures[f'{name}_over_bound']:7.3f}  (each run against its "
+            f"own bound: {', '.join(map(str, figures[f'{name}_over_bound_per_run']))})"
+        )
+    print(f"service/naive     {figures['service_over_naive']:7.1f}")
+    print(
+        f"first result      {figures['first_result_seconds']['median']:7.1f} s after upload began"
+    )
+    print(
+        f"worker RSS        {figures['worker_rss_mb']['total']} MB in all, "
+        f"{figures['worker_rss_mb']['largest_process']} MB largest process"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=1000)
@@ -240,7 +397,6 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8768)
     args = parser.parse_args()
 
-    paths = origres_images()
     home, env = service_env(
         "throughput",
         args.port,
@@ -254,140 +410,8 @@ def main() -> None:
     settings = load_settings(
         **{k[11:].lower(): v for k, v in env.items() if k.startswith("PNEUMOSCAN_")}
     )
-    batch, size = settings.batch_size, 75
-    workers = settings.worker_concurrency
-    decode_threads = settings.decode_threads * (workers if settings.worker_pool == "prefork" else 1)
-
-    import keras
-
-    from training.model import make_model
-
-    model_path = home / "inception_resnet_v2.keras"
-    network = make_model("inception_resnet_v2", size)
-    network.save(model_path)
-
-    sample = [paths[i % len(paths)] for i in range(args.images)]
-    inputs = np.stack([load_model_input(p, size, 10**9) for p in paths]).astype(np.float32)
-    inputs = np.concatenate([inputs] * (args.images // len(paths) + 1))[: args.images]
-    archive = study_zip(paths, args.images, home / "study.zip")
-    folder = import_folder(archive, Path(env["PNEUMOSCAN_IMPORT_ROOTS"]))
-    warm = study_zip(paths, batch * workers * 2, home / "warm.zip")
-
-    step("starting api and worker")
-    service = Service(home, env, model_path, args.port)
-    decode_rates: list[float] = []
-    model_rates: list[float] = []
-    runs: list[dict[str, float]] = []
-    folder_runs: list[dict[str, float]] = []
-    try:
-        service.score(warm)  # warm: the model loaded and traced in each worker process
-        network = keras.models.load_model(model_path, compile=False)
-        predict_padded(network, inputs[:batch], batch)  # trace the one batch shape
-        # Interleaved, so that each run's three figures share the same minutes: this VM's
-        # speed drifts by 10-20 % from one minute to the next.
-        for run in range(args.runs):
-            step(f"run {run + 1}/{args.runs}: decode, model, service, folder")
-            decode_rates.append(measure_decode(sample, decode_threads, size))
-            model_rates.append(measure_model(network, inputs, batch))
-            runs.append(service.score(archive))
-            folder_runs.append(service.score_folder(folder))
-        del network
-    finally:
-        service.close()
-    step(f"naive ({args.naive_images} images per run)")
-    naive_rates = [
-        measure_naive(model_path, paths[: args.naive_images], home / "naive.db")
-        for _ in range(args.runs)
-    ]
-    service_rates = [run["images"] / run["seconds"] for run in runs]
-    folder_rates = [run["images"] / run["seconds"] for run in folder_runs]
-    first_results = [run["first_result_seconds"] for run in runs]
-
-    model, decode = statistics.median(model_rates), statistics.median(decode_rates)
-    bound = 1 / (1 / model + 1 / decode)
-    served, naive = statistics.median(service_rates), statistics.median(naive_rates)
-    figures = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} CPUs, {cpu_model()}, {os.uname().machine}",
-        "images": args.images,
-        "settings": {
-            "batch_size": batch,
-            "worker_pool": settings.worker_pool,
-            "worker_concurrency": workers,
-            "decode_threads": settings.decode_threads,
-            "tf_intra_op_threads": settings.tf_intra_op_threads,
-            "tf_inter_op_threads": settings.tf_inter_op_threads,
-            "mixed_precision": settings.mixed_precision,
-            "database": "postgresql" if args.database_url else "sqlite",
-            "broker": "redis" if args.broker_url else "filesystem",
-        },
-        "model": summary(model_rates),
-        "decode": summary(decode_rates),
-        "bound": round(bound, 1),
-        "service": summary(service_rates),
-        "folder": summary(folder_rates),
-        "naive": summary(naive_rates),
-        "service_over_bound": round(served / bound, 3),
-        # Each run's service against the bound of its own decode and model figures.
-        "service_over_bound_per_run": [
-            round(s / (1 / (1 / m + 1 / d)), 3)
-            for s, m, d in zip(service_rates, model_rates, decode_rates, strict=True)
-        ],
-        "service_over_naive": round(served / naive, 1),
-        "folder_over_bound_per_run": [
-            round(f / (1 / (1 / m + 1 / d)), 3)
-            for f, m, d in zip(folder_rates, model_rates, decode_rates, strict=True)
-        ],
-        "first_result_seconds": summary(first_results),
-        "phases_seconds": {
-            phase: summary([run[f"{phase}_seconds"] for run in runs])["median"]
-            for phase in ("upload", "running", "after_upload")
-        },
-        # Each run in full: where a slow run lost its time.
-        "runs": [
-            {
-                "decode": round(d, 1),
-                "model": round(m, 1),
-                **{key: round(value, 2) for key, value in run.items()},
-                "folder_seconds": round(folder_run["seconds"], 2),
-            }
-            for d, m, run, folder_run in zip(
-                decode_rates, model_rates, runs, folder_runs, strict=True
-            )
-        ],
-        "worker_rss_mb": {
-            "total": round(service.rss_total),
-            "largest_process": round(service.rss_process),
-        },
-    }
-    print(f"machine           {figures['machine']}")
-    print(f"images            {args.images} (origres repeated), batch {batch}")
-    for name in ("model", "decode", "service", "folder", "naive"):
-        f = figures[name]
-        print(f"{name:17} {f['median']:7.1f} images/s  (min {f['min']}, max {f['max']})")
-    print(f"bound             {bound:7.1f} images/s")
-    phases = figures["phases_seconds"]
-    print(
-        f"service phases    upload {phases['upload']} s, job running after "
-        f"{phases['running']} s, last result {phases['after_upload']} s after the upload "
-        "(medians, from the start of the POST)"
-    )
-    print(
-        f"service/bound     {figures['service_over_bound']:7.3f}  (each run against its own "
-        f"bound: {', '.join(map(str, figures['service_over_bound_per_run']))})"
-    )
-    print(
-        f"folder/bound      {statistics.median(folder_rates) / bound:7.3f}  (each run against "
-        f"its own bound: {', '.join(map(str, figures['folder_over_bound_per_run']))})"
-    )
-    print(f"service/naive     {figures['service_over_naive']:7.1f}")
-    print(
-        f"first result      {figures['first_result_seconds']['median']:7.1f} s after upload began"
-    )
-    print(
-        f"worker RSS        {figures['worker_rss_mb']['total']} MB in all, "
-        f"{figures['worker_rss_mb']['largest_process']} MB largest process"
-    )
+    figures = figures_of(measure(args, home, env, settings), args, settings)
+    report(figures)
     write_results("throughput", figures)
 
 
