@@ -174,37 +174,29 @@ def _train_and_register(
     # are tuned for scoring workers, which share their cores with decoding).
     configure_tensorflow(intra_op_threads=0, inter_op_threads=0)
     data = gather_datasets(db, storage, settings, Path(params.data_dir))
-    size = DEFAULT_INPUT_SIZE
-    train, _ = load_arrays(data.train, size, settings.decode_threads, settings.max_image_pixels)
-    validation, _ = load_arrays(
-        data.validation, size, settings.decode_threads, settings.max_image_pixels
+    train, validation, holdout = (
+        load_arrays(part, DEFAULT_INPUT_SIZE, settings.decode_threads, settings.max_image_pixels)[0]
+        for part in (data.train, data.validation, data.holdout)
     )
-    holdout, _ = load_arrays(data.holdout, size, settings.decode_threads, settings.max_image_pixels)
     log.info("run %s: data %s", run_id, data.summary())
     network, recorder = _fit(
         db, run_id, params, train, validation, progress, settings.mixed_precision
     )
     history = recorder.history
 
-    # The threshold is chosen on validation; the holdout only measures.
-    val_scores = predict_padded(network, validation.x.astype(np.float32), EVAL_BATCH)
-    threshold = choose_threshold(validation.y, val_scores, settings.min_sensitivity)
-    metrics: dict[str, Any] = {
-        "validation": binary_metrics(validation.y, val_scores, threshold),
-        "holdout": evaluate_network(network, holdout, threshold),
-        "threshold_rule": f"highest with validation sensitivity >= {settings.min_sensitivity}",
-        "data": data.summary(),
-        "params": {
+    threshold, metrics = _measure(network, validation, holdout, settings.min_sensitivity)
+    metrics.update(
+        data=data.summary(),
+        params={
             "architecture": params.architecture,
             "epochs": params.epochs,
             "batch_size": params.batch_size,
             "augment": params.augment,
             "weights": params.weights,
         },
-        "best_epoch": recorder.best_epoch,
-        "training_seconds": round(time.monotonic() - started, 1),
-    }
-
+        best_epoch=recorder.best_epoch,
+        training_seconds=round(time.monotonic() - started, 1),
+    )
     version = _register(db, storage, run_id, params, network, threshold, metrics, history)
     decision = promote_if_allowed(
         db,
@@ -235,6 +227,19 @@ def _train_and_register(
         )
     log.info("run %s: version %s, %s", run_id, version, decision.reason)
     return RunOutcome(run_id, RunStatus.COMPLETED, version, decision.activate, decision.reason)
+
+
+def _measure(
+    network: Any, validation: Arrays, holdout: Arrays, min_sensitivity: float
+) -> tuple[float, dict[str, Any]]:
+    """The threshold, chosen on validation, and the metrics; the holdout only measures."""
+    val_scores = predict_padded(network, validation.x.astype(np.float32), EVAL_BATCH)
+    threshold = choose_threshold(validation.y, val_scores, min_sensitivity)
+    return threshold, {
+        "validation": binary_metrics(validation.y, val_scores, threshold),
+        "holdout": evaluate_network(network, holdout, threshold),
+        "threshold_rule": f"highest with validation sensitivity >= {min_sensitivity}",
+    }
 
 
 def _fit(
