@@ -125,10 +125,7 @@ def score_images(context: WorkerContext, job_id: str, image_ids: Sequence[int]) 
         return 0
     # A batch whose first start killed its worker runs alone: it may do it again.
     with context.retries.alone() if attempt > 1 else context.retries.shared():
-        new = _score_and_record(context, job_id, loaded, todo, model, attempt)
-    with context.db.session() as session:
-        forget_attempts(session, job_id, image_ids)
-    return new
+        return _score_and_record(context, job_id, loaded, todo, model, attempt, image_ids)
 
 
 def _score_and_record(
@@ -138,7 +135,10 @@ def _score_and_record(
     images: Sequence[ImageToScore],
     model: ModelVersion,
     attempt: int,
+    counted: Sequence[int],
 ) -> int:
+    """Score `images` and record their results; the start count kept under `counted` (the
+    batch's ids, or one image's) is dropped in the same transaction: it has finished."""
     log.info(
         "job %s: scoring %d images, ids %d..%d (attempt %d, process %d)",
         job_id,
@@ -151,6 +151,7 @@ def _score_and_record(
     results = predict_images(loaded, images, context.storage, context.decode_pool, context.settings)
     with context.db.session() as session:
         new = record_results(session, job_id, results, model)
+        forget_attempts(session, job_id, counted)
     log.info(
         "job %s batch of %d: %d new results, %d already recorded",
         job_id,
@@ -207,9 +208,8 @@ def _one_at_a_time(
             loaded = loaded or _load_or_park(context, job_id, model)
             if loaded is None:
                 return new
-            new += _score_and_record(context, job_id, loaded, [image], model, starts)
-            with context.db.session() as session:
-                forget_attempts(session, job_id, [image.image_id])
+            ids = [image.image_id]
+            new += _score_and_record(context, job_id, loaded, [image], model, starts, ids)
     with context.db.session() as session:
         forget_attempts(session, job_id, image_ids)
     return new
