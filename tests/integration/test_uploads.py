@@ -124,6 +124,24 @@ class EarlyUpload:
         for start in range(0, self.cut, MB):
             yield self.data[start : start + MB]
 
+    def recorded_images(self) -> int:
+        with self.stack.db.session() as session:
+            return session.scalar(select(func.count()).select_from(Image)) or 0
+
+    def wait_until_nothing_is_left(self) -> None:
+        """A failed upload: no job, no image row, no folder, and the ingest reading it ended."""
+
+        def nothing_left() -> bool:
+            with self.stack.db.session() as session:
+                jobs = session.scalar(select(func.count()).select_from(Job))
+            folders = list((self.stack.settings.storage_dir / "uploads").glob("[0-9a-f]*"))
+            return jobs == 0 and self.recorded_images() == 0 and not folders
+
+        wait_for(nothing_left, 30, "the failed upload's job and files to go")
+        assert self.stack.worker is not None
+        worker = self.stack.worker
+        wait_for(lambda: "ingested: 0 images" in worker.log(), 30, "ingest to stop")
+
 
 def _early_upload(settings: Settings, tmp_path: Path, model: Path) -> Iterator[EarlyUpload]:
     settings = settings.model_copy(update={"api_port": free_port(), "batch_size": 4})
@@ -203,27 +221,15 @@ def test_a_raw_zip_upload_cut_off_while_ingest_reads_it_leaves_nothing(
 ) -> None:
     up = early_upload_embedded
 
-    def recorded() -> int:
-        with up.stack.db.session() as session:
-            return session.scalar(select(func.count()).select_from(Image)) or 0
-
     def body() -> Iterator[bytes]:
         yield from up.first_half()
-        wait_for(lambda: recorded() >= 8, 60, "ingest to read the first half")
+        wait_for(lambda: up.recorded_images() >= 8, 60, "ingest to read the first half")
         raise ConnectionAbortedError("the client gives up")
 
     with pytest.raises(ConnectionAbortedError):  # httpx drops the connection
         up.post(body())
-
-    def nothing_left() -> bool:
-        with up.stack.db.session() as session:
-            jobs = session.scalar(select(func.count()).select_from(Job))
-        folders = list((up.stack.settings.storage_dir / "uploads").glob("[0-9a-f]*"))
-        return jobs == 0 and recorded() == 0 and not folders
-
-    wait_for(nothing_left, 30, "the failed upload's job and files to go")
+    up.wait_until_nothing_is_left()
     assert up.stack.worker is not None
-    wait_for(lambda: "ingested: 0 images" in up.stack.worker.log(), 30, "ingest to stop")
     assert "Traceback" not in up.stack.worker.log()
 
 
@@ -248,17 +254,7 @@ def test_a_stalled_upload_is_dropped_and_frees_the_ingest_waiting_for_it(
     assert answer.startswith(b"HTTP/1.1 400"), answer[:500]
     assert b"incomplete_upload" in answer
     assert b"nothing arrived for 3 s" in answer
-
-    def nothing_left() -> bool:
-        with up.stack.db.session() as session:
-            jobs = session.scalar(select(func.count()).select_from(Job))
-            images = session.scalar(select(func.count()).select_from(Image))
-        folders = list((up.stack.settings.storage_dir / "uploads").glob("[0-9a-f]*"))
-        return jobs == 0 and images == 0 and not folders
-
-    wait_for(nothing_left, 30, "the stalled upload's job and files to go")
-    assert up.stack.worker is not None
-    wait_for(lambda: "ingested: 0 images" in up.stack.worker.log(), 30, "ingest to stop")
+    up.wait_until_nothing_is_left()
 
 
 def test_an_upload_pausing_for_less_than_the_idle_limit_goes_through(
