@@ -15,6 +15,10 @@ import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import IO
+
+from core.imaging import JPEG, PNG, sniff_format
+from core.storage import Span
 
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
@@ -50,6 +54,15 @@ class Candidate:
     relative_path: str
     path: Path
     sha256: str | None = None  # known when the file was written here, else computed later
+    span: Span | None = None  # set when the image is these bytes of `path` (a kept upload)
+
+
+@dataclass(frozen=True)
+class InPlace:
+    """A member that need not be copied out: its bytes are in `path` from `offset` on."""
+
+    path: Path
+    offset: int
 
 
 @dataclass(frozen=True)
@@ -208,8 +221,13 @@ def iter_member(
     names: NameSource,
     budget: ArchiveBudget,
     depth: int,
+    in_place: InPlace | None = None,
 ) -> Iterator[Entry]:
-    """The one member's candidate or refusal (or, for a nested zip, its members')."""
+    """The one member's candidate or refusal (or, for a nested zip, its members').
+
+    With `in_place`, a stored member that is a JPEG or PNG is read (counted, checked,
+    hashed) but not copied: its candidate is the span of `in_place.path` it occupies.
+    """
     if info.is_dir():
         return
     budget.count_member()
@@ -226,15 +244,20 @@ def iter_member(
         return
     target = names.next_path()
     chunks = read(info)
+    if info.compress_type != zipfile.ZIP_STORED:
+        in_place = None  # its bytes in the upload are not the image's
     try:
-        digest = _copy_member(chunks, info.compress_size, target, budget)
+        digest, copied = _copy_member(chunks, info.compress_size, target, budget, in_place)
     except MemberRefusedError as exc:
         target.unlink(missing_ok=True)
         yield Rejection(relative, str(exc))
         return
     finally:
         chunks.close()
-    if is_zip_file(target):
+    if not copied:
+        assert in_place is not None
+        yield Candidate(relative, in_place.path, digest, Span(in_place.offset, info.file_size))
+    elif is_zip_file(target):
         yield from _iter_nested(target, relative, names, budget, depth)
     else:
         yield Candidate(relative, target, digest)
@@ -272,27 +295,41 @@ class MemberRefusedError(Exception):
 
 
 def _copy_member(
-    chunks: Iterator[bytes], compress_size: int, target: Path, budget: ArchiveBudget
-) -> str:
-    """Write the member to `target`; returns its sha256, hashed on the way (one pass)."""
+    chunks: Iterator[bytes],
+    compress_size: int,
+    target: Path,
+    budget: ArchiveBudget,
+    in_place: InPlace | None,
+) -> tuple[str, bool]:
+    """Write the member to `target`, unless `in_place` and its first bytes are a JPEG or
+    PNG; returns its sha256, hashed on the way (one pass), and whether it was written."""
     # Declared sizes lie in crafted archives: count what decompression actually yields.
     ratio_limit = max(compress_size, 1) * budget.limits.max_ratio
     written = 0
     digest = hashlib.sha256()
+    sink: IO[bytes] | None = None
     try:
-        with target.open("wb") as sink:
-            for chunk in chunks:
-                written += len(chunk)
-                budget.count_bytes(len(chunk))  # every byte decompressed counts, refused or not
-                if written > RATIO_GRACE_BYTES and written > ratio_limit:
-                    raise MemberRefusedError(
-                        f"compression ratio above {budget.limits.max_ratio}:1 (zip bomb?)"
-                    )
-                digest.update(chunk)
+        for chunk in chunks:
+            if not written and not (in_place and sniff_format(chunk[:132]) in (JPEG, PNG)):
+                sink = target.open("wb")
+            written += len(chunk)
+            budget.count_bytes(len(chunk))  # every byte decompressed counts, refused or not
+            if written > RATIO_GRACE_BYTES and written > ratio_limit:
+                raise MemberRefusedError(
+                    f"compression ratio above {budget.limits.max_ratio}:1 (zip bomb?)"
+                )
+            digest.update(chunk)
+            if sink is not None:
                 sink.write(chunk)
+        if not written:
+            target.touch()  # an empty member is an empty file (and refused as no image)
+            return digest.hexdigest(), True
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
         raise MemberRefusedError(f"corrupt member: {exc}") from exc
-    return digest.hexdigest()
+    finally:
+        if sink is not None:
+            sink.close()
+    return digest.hexdigest(), sink is not None
 
 
 def iter_folder(

@@ -4,7 +4,9 @@ The API writes a zip sent as the raw request body to `archive.zip.part` under an
 `flock` and renames it to `archive.zip` once the last byte is in (`ArrivingWriter`). Ingest
 need not wait for that: each member of a zip is preceded by a local header giving its name,
 method and sizes, so a member can be extracted as soon as its bytes are on disk and its
-scoring released while the rest of the upload arrives (`iter_upload`).
+scoring released while the rest of the upload arrives (`iter_upload`). The arriving file is
+kept (hard-linked into the job's files) and its stored JPEG and PNG members are read there,
+not copied out (`core/kept.py`).
 
 A zip's authority is its central directory, at the very end. Once the upload is complete,
 every member read early must be listed there at its offset with the same name, method, CRC
@@ -35,6 +37,7 @@ from core.archive import (
     ArchiveError,
     ArchiveLimits,
     Entry,
+    InPlace,
     MemberReader,
     MemberRefusedError,
     NameSource,
@@ -44,6 +47,7 @@ from core.archive import (
     member_refusal,
     open_zip,
 )
+from core.kept import keep_upload
 
 PART_SUFFIX = ".part"
 POLL_SECONDS = 0.05
@@ -147,6 +151,16 @@ class ArrivingFile:
     def close(self) -> None:
         self._file.close()
 
+    def link(self, target: Path) -> None:
+        """A hard link to the file being read, under whatever name it has now."""
+        # linkat(2) with AT_SYMLINK_FOLLOW on /proc/self/fd/N links the open file itself;
+        # os.link calls linkat only when given a directory descriptor.
+        fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.link(str(self._file.fileno()), target, src_dir_fd=fds, follow_symlinks=True)
+        finally:
+            os.close(fds)
+
     def _wait(self) -> None:
         if self._writer_gone():
             self._settle()  # bytes written just before the writer let go are read next
@@ -193,13 +207,15 @@ def iter_upload(
 def _iter_arriving(source: ArrivingFile, dest: Path, limits: ArchiveLimits) -> Iterator[Entry]:
     dest.mkdir(parents=True, exist_ok=True)
     budget, names = ArchiveBudget(limits), NameSource(dest)
+    kept = keep_upload(source.link, dest)  # stored images are read from it, not copied out
     early: dict[int, zipfile.ZipInfo] = {}
     # Members read in sequence cannot overlap: the archive-wide ratio, which catches entries
     # sharing compressed bytes, waits for the archive's size; each member's ratio holds now.
     while (info := _next_local_member(source)) is not None:
         early[info.header_offset] = info
+        in_place = InPlace(kept, source.position) if kept else None
         data_end = source.position + info.compress_size
-        yield from iter_member(info, _early_reader(source), "", names, budget, depth=0)
+        yield from iter_member(info, _early_reader(source), "", names, budget, 0, in_place)
         source.skip_to(data_end)  # what a refused member left unread
     source.wait_until_complete()
     budget.count_input(source.final)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core.storage import Span, open_image_bytes
+
 JPEG = "jpeg"
 PNG = "png"
 DICOM = "dicom"
@@ -34,8 +36,8 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def sniff_file(path: Path) -> str | None:
-    with path.open("rb") as handle:
+def sniff_file(path: Path, span: Span | None = None) -> str | None:
+    with open_image_bytes(path, span) as handle:
         head = handle.read(132)
     fmt = sniff_format(head)
     if fmt is None:
@@ -54,10 +56,13 @@ def preprocess(image: Image.Image, size: int) -> np.ndarray:
     return np.repeat(pixels[:, :, np.newaxis], 3, axis=2)
 
 
-def load_model_input(path: Path, size: int, max_pixels: int) -> np.ndarray:
-    """Decode a JPEG or PNG file into model input, letting JPEG decode at reduced scale."""
+def load_model_input(
+    path: Path, size: int, max_pixels: int, span: Span | None = None
+) -> np.ndarray:
+    """Decode a JPEG or PNG file (or `span` of it) into model input, letting JPEG decode at
+    reduced scale."""
     try:
-        with Image.open(path) as image:
+        with open_image_bytes(path, span) as source, Image.open(source) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageDecodeError(
@@ -78,10 +83,15 @@ def load_model_input(path: Path, size: int, max_pixels: int) -> np.ndarray:
         raise ImageDecodeError(f"could not decode image: {type(exc).__name__}: {exc}") from exc
 
 
-def decode_for_model(path: Path, fmt: str, size: int, max_pixels: int) -> np.ndarray:
-    """Model input from a JPEG, PNG or DICOM file; ImageDecodeError says why when it cannot."""
+def decode_for_model(
+    path: Path, fmt: str, size: int, max_pixels: int, span: Span | None = None
+) -> np.ndarray:
+    """Model input from a JPEG, PNG or DICOM file; ImageDecodeError says why when it cannot.
+
+    `span`: the image is those bytes of `path` (a JPEG or PNG member of a kept upload).
+    """
     if fmt != DICOM:
-        return load_model_input(path, size, max_pixels)
+        return load_model_input(path, size, max_pixels, span)
     from core import dicom  # pydicom is needed only where DICOM is decoded
 
     try:

@@ -35,6 +35,7 @@ from core.config import Settings
 from core.db import Database
 from core.imaging import DICOM, sniff_file
 from core.jobs import MANIFEST, WAITING_FOR_MODEL, get_job
+from core.kept import finish_kept_upload
 from core.models import (
     DICOM_COLUMNS,
     FINISHED_STATUSES,
@@ -107,10 +108,11 @@ def ingest_job(
     except ArchiveError as exc:
         outcome = _fail(db, job_id, str(exc))
     # Once recorded, the expanded files are the job's record; the archive, which may carry
-    # patients' names in DICOM headers, is not kept.
+    # patients' names in DICOM headers, is not kept (nor anything of it but its images).
     archive = storage.job_dir(job_id) / ARCHIVE_NAME
     for leftover in (archive, part_path(archive)):
         leftover.unlink(missing_ok=True)
+    finish_kept_upload(db, storage, job_id)
     return outcome
 
 
@@ -294,13 +296,13 @@ def _classify(
     candidate: Candidate, storage: Storage, accept_any_dicom: bool, seen: set[str]
 ) -> dict | Rejection:
     """An image row for the candidate, or the reason it is not one."""
-    fmt = sniff_file(candidate.path)
+    fmt = sniff_file(candidate.path, candidate.span)
     reason: str | None = None if fmt else "not a JPEG, PNG or DICOM image"
     facts: dict[str, str | None] = {}
     if fmt == DICOM:
         reason, facts = _dicom_facts(candidate.path, storage, accept_any_dicom)
     if reason:
-        if storage.root in candidate.path.resolve().parents:
+        if candidate.span is None and storage.root in candidate.path.resolve().parents:
             candidate.path.unlink()  # our copy of something never scored is not kept
         return Rejection(candidate.relative_path, reason)
     if fmt == DICOM and candidate.sha256:
@@ -309,7 +311,8 @@ def _classify(
         "relative_path": _unique(candidate.relative_path, seen),
         "location": storage.relative(candidate.path),
         "format": fmt,
-        "size_bytes": candidate.path.stat().st_size,
+        "size_bytes": candidate.span.length if candidate.span else candidate.path.stat().st_size,
+        "member_offset": candidate.span.offset if candidate.span else None,
         "sha256": candidate.sha256 or sha256_of(candidate.path),
         **facts,
     }

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from core.errors import ConflictError, InvalidInputError, NotFoundError
 from core.models import Image, Job, Label, utcnow
 from core.results import NORMAL, PNEUMONIA
+from core.storage import Span, span_of
 
 LABELS = (NORMAL, PNEUMONIA)
 
@@ -25,6 +26,7 @@ class LabelledImage:
     format: str
     label: str
     labelled_at: datetime
+    span: Span | None = None  # the image is these bytes of `location` (a kept upload)
 
 
 def set_label(
@@ -70,11 +72,15 @@ def labelled_images(session: Session) -> list[LabelledImage]:
             Image.format,
             Label.label,
             Label.labelled_at,
+            Image.member_offset,
+            Image.size_bytes,
         )
         .join(Label, Label.image_id == Image.id)
         .order_by(Image.id)
     )
-    return [LabelledImage(*row) for row in rows]
+    return [
+        LabelledImage(*row[:7], span=span_of(row.member_offset, row.size_bytes)) for row in rows
+    ]
 
 
 def newest_label_time(session: Session) -> datetime | None:

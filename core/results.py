@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from core.jobs import Page, get_job
 from core.models import DICOM_COLUMNS, Image, Job, JobStatus, Label, ModelVersion, utcnow
+from core.storage import Span, span_of
 
 PNEUMONIA = "PNEUMONIA"
 NORMAL = "NORMAL"
@@ -31,6 +32,7 @@ class ImageToScore:
     image_id: int
     location: str
     format: str
+    span: Span | None = None  # the image is these bytes of `location` (a kept upload)
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,14 @@ def images_to_score(session: Session, job_id: str, image_ids: Sequence[int]) -> 
     if job is None or job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
         return []
     rows = session.execute(
-        select(Image.id, Image.location, Image.format)
+        select(Image.id, Image.location, Image.format, Image.member_offset, Image.size_bytes)
         .where(Image.job_id == job_id, Image.id.in_(image_ids), Image.scored_at.is_(None))
         .order_by(Image.id)
     )
-    return [ImageToScore(*row) for row in rows]
+    return [
+        ImageToScore(image_id, location, fmt, span_of(offset, size))
+        for image_id, location, fmt, offset, size in rows
+    ]
 
 
 def record_results(

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 HASH_CHUNK = 1024 * 1024
+
+
+class Span(NamedTuple):
+    """Where an image's bytes lie inside a larger file: a stored member of a kept upload."""
+
+    offset: int
+    length: int
 
 
 class Storage:
@@ -49,9 +59,28 @@ class Storage:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, span: Span | None = None) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open_image_bytes(path, span) as handle:
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def open_image_bytes(path: Path, span: Span | None = None) -> BinaryIO:
+    """The image's bytes as a file: the whole file, or the span of it the image occupies."""
+    if span is None:
+        return path.open("rb")
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(descriptor, span.length, span.offset)
+    finally:
+        os.close(descriptor)
+    if len(data) != span.length:
+        raise OSError(f"{path} ends inside the image's bytes (at {span.offset}+{len(data)})")
+    return io.BytesIO(data)
+
+
+def span_of(member_offset: int | None, size_bytes: int) -> Span | None:
+    """An image row's span, when its bytes lie inside a kept upload."""
+    return None if member_offset is None else Span(member_offset, size_bytes)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from core.imaging import JPEG, ImageDecodeError, decode_for_model, sniff_file
-from core.storage import sha256_of
+from core.storage import Span, sha256_of
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # index = label: 0 normal, 1 pneumonia
 PIXEL_FLOOR = 25  # the write-up's augmentation: a copy with darker pixels set to 0
@@ -37,6 +37,7 @@ class Sample:
     sha256: str
     source: str = "reference"
     format: str = JPEG
+    span: Span | None = None  # the image is these bytes of `path` (a kept upload)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def load_arrays(
 
     def decode(sample: Sample) -> np.ndarray | None:
         try:
-            return decode_for_model(sample.path, sample.format, size, max_pixels)
+            return decode_for_model(sample.path, sample.format, size, max_pixels, sample.span)
         except ImageDecodeError:
             return None
 

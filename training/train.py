@@ -111,6 +111,7 @@ def gather_datasets(db: Database, storage: Storage, settings: Settings, data_dir
             item.sha256,
             "label",
             item.format,
+            item.span,
         )
         for item in labelled
         if storage.resolve(item.location).is_file()

@@ -244,7 +244,11 @@ def predict_images(
     def decode(image: ImageToScore) -> np.ndarray | str:
         try:
             return decode_for_model(
-                storage.resolve(image.location), image.format, size, settings.max_image_pixels
+                storage.resolve(image.location),
+                image.format,
+                size,
+                settings.max_image_pixels,
+                image.span,
             )
         except ImageDecodeError as exc:
             return str(exc)

@@ -14,6 +14,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from core import ingest
 from core.errors import DomainError
 from core.jobs import claim_waiting_jobs, pending_image_batches
+from core.kept import finish_kept_upload, jobs_with_unfinished_kept_uploads
 from core.models import RunStatus, utcnow
 from core.recovery import jobs_to_ingest_again, jobs_to_score_again, remove_orphan_uploads
 from core.training_runs import TrainingParams, request_scheduled_run
@@ -126,11 +127,15 @@ def sweep(self: Task) -> None:
         to_ingest = jobs_to_ingest_again(session, stall)
         to_score = jobs_to_score_again(session, stall)
         removed = remove_orphan_uploads(session, context.storage, stall)
+        unfinished = jobs_with_unfinished_kept_uploads(session, context.storage)
     for job_id in to_ingest:
         log.warning("job %s: ingest did not finish; sending it again", job_id)
         ingest_job.delay(job_id)
     for job_id in to_score:
         log.warning("job %s: no progress for %s; sending its unscored batches again", job_id, stall)
         enqueue_scoring(context, job_id)
+    for job_id in unfinished:
+        log.warning("job %s: its ingest ended before blanking its kept upload; blanking", job_id)
+        finish_kept_upload(context.db, context.storage, job_id)
     if removed:
         log.info("removed %d abandoned uploads", removed)

@@ -95,6 +95,8 @@ class Image(Base):
     location: Mapped[str] = mapped_column(Text)
     format: Mapped[str] = mapped_column(String(16))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # Set when `location` is a kept upload and the image is `size_bytes` bytes from here.
+    member_offset: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     probability: Mapped[float | None] = mapped_column(Float)
     label: Mapped[str | None] = mapped_column(String(16))

@@ -6,8 +6,8 @@ import io
 import socket
 import time
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -16,9 +16,12 @@ from sqlalchemy import func, select
 
 from core.config import Settings
 from core.db import Database
+from core.kept import KEPT_NAME, PENDING_NAME
 from core.keys import create_key
 from core.models import Image, Job
-from tests.images import gradient, jpeg_bytes
+from core.storage import Span
+from tests.dicoms import BIRTH_DATE, PATIENT_NAME, chest_like, dataset, encode
+from tests.images import gradient, jpeg_bytes, png_bytes
 from tests.stack import Stack
 from tests.support import ServiceProcess, WorkerProcess, free_port, http_ok, rss_kb, wait_for
 
@@ -70,14 +73,18 @@ def test_a_large_upload_streams_to_disk_with_flat_api_memory(
         api.stop()
 
 
-def _zip_with_cut(padding: int, images: list[bytes]) -> tuple[bytes, int]:
-    """A stored zip (a non-image first, then the images) and the offset of the second half's
-    first image."""
+def _zip_with_cut(
+    padding: int, images: list[bytes], more: Sequence[tuple[str, bytes, int]] = ()
+) -> tuple[bytes, int]:
+    """A stored zip (a non-image first, then the images, then `more`: name, bytes, method)
+    and the offset of the second half's first image."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:
         bundle.writestr("padding.bin", bytes(padding))
         for index, data in enumerate(images):
             bundle.writestr(f"study/{index:03d}.jpeg", data)
+        for name, data, method in more:
+            bundle.writestr(name, data, method)
         cut = bundle.infolist()[1 + len(images) // 2].header_offset
     return buffer.getvalue(), cut
 
@@ -214,6 +221,65 @@ def test_a_fast_raw_zip_upload_is_scored_while_it_arrives(early_upload: EarlyUpl
     )
     uploads = up.stack.settings.storage_dir / "uploads"
     assert not list((uploads / job["id"]).glob("archive.zip*"))
+
+
+def test_stored_images_are_scored_where_they_lie_and_nothing_else_of_the_upload_stays(
+    early_upload: EarlyUpload,
+) -> None:
+    """Stored JPEG and PNG members read early are not copied out: their rows point into the
+    kept upload, which keeps their bytes and nothing else (no DICOM original, no header)."""
+    images = [jpeg_bytes(gradient((300 + i, 240))) for i in range(16)]
+    twin = images[3]
+    more = [
+        ("deflated/twin.jpeg", twin, zipfile.ZIP_DEFLATED),  # copied out: same bytes, same score
+        ("study/scan.png", png_bytes(), zipfile.ZIP_STORED),
+        ("study/patient.dcm", encode(dataset(chest_like())), zipfile.ZIP_STORED),
+        ("notes.txt", f"{PATIENT_NAME} born {BIRTH_DATE}".encode(), zipfile.ZIP_STORED),
+    ]
+    _, cut = _zip_with_cut(17 * MB, images, more)
+    data, cut = _zip_with_cut(17 * MB + (-cut % MB), images, more)
+    up = replace(early_upload, data=data, cut=cut)
+
+    def body() -> Iterator[bytes]:
+        yield from up.first_half()
+        wait_for(lambda: up.recorded_images() >= 8, 60, "ingest to read the first half")
+        yield up.data[up.cut :]
+
+    response = up.post(body())
+    assert response.status_code == 202, response.text
+    job = up.stack.wait_finished(response.json()["id"])
+    assert (job["status"], job["total"], job["errors"], job["rejected"]) == (
+        "completed",
+        19,
+        0,
+        2,
+    )
+    files = up.stack.settings.storage_dir / "uploads" / job["id"] / "files"
+    kept = files / KEPT_NAME
+    with up.stack.db.session() as session:
+        rows = {i.relative_path: i for i in session.scalars(select(Image))}
+    in_place = {path for path, row in rows.items() if row.member_offset is not None}
+    assert in_place == {f"study/{i:03d}.jpeg" for i in range(16)} | {"study/scan.png"}
+    assert {rows[path].location for path in in_place} == {str(kept.relative_to(files.parents[2]))}
+    # Only what was not scored in place was copied out: the deflated twin and the DICOM file.
+    assert sorted(p.name for p in files.iterdir()) == ["000018", "000020", KEPT_NAME]
+    assert rows["deflated/twin.jpeg"].probability == rows["study/003.jpeg"].probability
+    assert rows["study/003.jpeg"].probability is not None
+
+    content = kept.read_bytes()
+    assert len(content) == len(data)  # the upload's own bytes, not a copy
+    spans = sorted(Span(rows[p].member_offset or 0, rows[p].size_bytes) for p in in_place)
+    position = 0
+    for span in spans:
+        assert not any(content[position : span.offset])  # blanked up to the image
+        image = content[span.offset : span.offset + span.length]
+        assert image == data[span.offset : span.offset + span.length]
+        position = span.offset + span.length
+    assert not any(content[position:])
+    for path in files.parent.rglob("*"):  # no name or birth date in any file of the job
+        for secret in (PATIENT_NAME, BIRTH_DATE):
+            assert not path.is_file() or secret.encode() not in path.read_bytes(), (secret, path)
+    assert not (files / PENDING_NAME).exists()
 
 
 def test_a_raw_zip_upload_cut_off_while_ingest_reads_it_leaves_nothing(

@@ -35,7 +35,8 @@ def summary(entries: Iterator[Entry]) -> list[tuple[str, str]]:
     out = []
     for entry in entries:
         if isinstance(entry, Candidate):
-            assert entry.sha256 == sha256_of(entry.path)  # hashed on the way, correctly
+            # hashed on the way, correctly (in place: the bytes of the kept upload it names)
+            assert entry.sha256 == sha256_of(entry.path, entry.span)
             out.append((entry.relative_path, entry.sha256))
         else:
             out.append((entry.path, entry.reason))

@@ -5,11 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.imaging import JPEG, PNG
+from core.storage import Span
+from tests.images import gradient, jpeg_bytes, png_bytes
 from training.data import (
     Arrays,
     Sample,
     class_weights,
     exclude_overlap,
+    load_arrays,
     patient_of,
     read_labelled_folder,
     split_by_patient,
@@ -106,3 +110,28 @@ def test_kermany_train_split_has_no_patient_across_holdout_validation_and_train(
             assert not patients[i] & patients[j]
             assert not hashes[i] & hashes[j]
     assert 0.12 < len(holdout) / len(reference) < 0.18
+
+
+def test_a_sample_inside_a_kept_upload_loads_as_its_own_file_would(tmp_path: Path) -> None:
+    """Training reads an image scored in place from its span of the kept upload."""
+    images = [jpeg_bytes(gradient((320, 240))), png_bytes(gradient((200, 260)))]
+    kept, spans, files = tmp_path / "upload.zip", [], []
+    with kept.open("wb") as sink:
+        for index, data in enumerate(images):
+            sink.write(b"header" * 7)
+            spans.append(Span(sink.tell(), len(data)))
+            sink.write(data)
+            files.append(tmp_path / f"{index}.img")
+            files[-1].write_bytes(data)
+    in_place = [
+        Sample(kept, 1, f"p{i}", f"h{i}", format=fmt, span=span)
+        for i, (fmt, span) in enumerate(zip([JPEG, PNG], spans, strict=True))
+    ]
+    copied = [
+        Sample(path, 1, f"p{i}", f"h{i}", format=fmt)
+        for i, (fmt, path) in enumerate(zip([JPEG, PNG], files, strict=True))
+    ]
+    (a, failed_a), (b, failed_b) = (load_arrays(s, 75, 2, 10**8) for s in (in_place, copied))
+    assert failed_a == failed_b == 0
+    assert np.array_equal(a.x, b.x)
+    assert a.x.std() > 0  # real pixels, not a blank
