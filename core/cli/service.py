@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 import click
 
@@ -120,7 +121,22 @@ def api(ctx: click.Context) -> None:
         "--no-control-socket",  # its default path is one per user: instances would collide
         "api.wsgi:app",
     ]
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, api_environment(os.environ))
+
+
+# gunicorn copies each request body through buffers it allocates afresh, up to a few MiB
+# each. Above glibc's mmap threshold every one of them is mapped, faulted in page by page and
+# unmapped again: that doubled the API's CPU per uploaded byte (docs/performance.md). The
+# thresholds keep such buffers on the heap, reused; the environment may still set its own.
+API_MALLOC_SETTINGS = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
+    "MALLOC_TRIM_THRESHOLD_": str(128 * 1024 * 1024),
+}
+
+
+def api_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment the API's gunicorn runs in: this one, with the malloc settings."""
+    return {**API_MALLOC_SETTINGS, **environ}
 
 
 @click.command()

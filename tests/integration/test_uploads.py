@@ -41,6 +41,9 @@ def test_a_large_upload_streams_to_disk_with_flat_api_memory(
         with Database(settings.database_url).session() as session:
             _, key = create_key(session, "uploader", "submit")
         time.sleep(1)
+        # gunicorn runs with the malloc settings that keep its body buffers on the heap.
+        environ = Path(f"/proc/{api.process.pid}/environ").read_bytes().split(b"\0")
+        assert b"MALLOC_MMAP_THRESHOLD_=33554432" in environ
         before = sum(rss_kb(api.process.pid).values())
         samples = [before]
         size = 400 * MB

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from core.cli.service import API_MALLOC_SETTINGS, api_environment
 from core.config import Settings, load_settings
 
 
@@ -53,3 +54,10 @@ def test_the_gpu_defaults_apply_from_the_environment_too(monkeypatch: pytest.Mon
     monkeypatch.setenv("PNEUMOSCAN_DECODE_THREADS", "6")
     settings = load_settings()
     assert (settings.batch_size, settings.decode_threads) == (256, 6)
+
+
+def test_the_api_runs_with_its_malloc_settings_unless_the_environment_sets_them() -> None:
+    assert api_environment({"PATH": "/bin"}) == {**API_MALLOC_SETTINGS, "PATH": "/bin"}
+    chosen = api_environment({"MALLOC_MMAP_THRESHOLD_": "131072"})
+    assert chosen["MALLOC_MMAP_THRESHOLD_"] == "131072"
+    assert chosen["MALLOC_TRIM_THRESHOLD_"] == API_MALLOC_SETTINGS["MALLOC_TRIM_THRESHOLD_"]
