@@ -35,6 +35,10 @@ def create_celery(settings: Settings) -> PneumoscanCelery:
     app = PneumoscanCelery(settings)
     app.conf.update(
         broker_url=settings.broker_url,
+        # The embedded broker: kombu's filesystem transport, its messages written whole.
+        broker_transport=(
+            "worker.filesystem_broker:Transport" if settings.uses_embedded_broker else None
+        ),
         broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_serializer="json",
