@@ -52,6 +52,7 @@ def model_out(row: ModelVersion) -> dict[str, Any]:
         "source": row.source,
         "input_size": row.input_size,
         "threshold": row.threshold,
+        "preprocessing": row.preprocessing,
         "sha256": row.sha256,
         "metrics": row.metrics,
         "training_run_id": row.training_run_id,

@@ -9,6 +9,7 @@ from apiflask.fields import Boolean, DateTime, Dict, File, Float, Integer, List,
 from apiflask.validators import Length, OneOf, Range
 from marshmallow import ValidationError, validates_schema
 
+from core.config import AUGMENTATIONS, OPTIMIZERS
 from core.models import JobStatus
 
 
@@ -145,9 +146,19 @@ class TrainingRunIn(Schema):
     architecture = String(validate=OneOf(["inception_resnet_v2", "baseline_cnn"]))
     epochs = Integer(validate=Range(min=1, max=500))
     batch_size = Integer(validate=Range(min=1, max=4096))
-    augment = String(validate=OneOf(["none", "threshold", "standard", "both"]))
+    augment = String(validate=OneOf(list(AUGMENTATIONS)))
     weights = String(validate=OneOf(["none", "imagenet"]))
     activate = String(load_default="if-better", validate=OneOf(["if-better", "always", "never"]))
+    input_size = Integer(validate=Range(min=32, max=512))
+    optimizer = String(validate=OneOf(list(OPTIMIZERS)))
+    label_smoothing = Float(validate=Range(min=0, max=0.5, max_inclusive=False))
+    preprocessing = String(
+        validate=Length(max=64),
+        metadata={"description": "squash, equalize, trimN or trimN+equalize"},
+    )
+    batch_norm_recalibration = Boolean()
+    ensemble = Integer(validate=Range(min=1, max=8))
+    tta_views = Integer(validate=Range(min=1, max=6))
 
 
 class TrainingRunOut(Schema):
@@ -182,6 +193,7 @@ class ModelOut(Schema):
     source = String()
     input_size = Integer()
     threshold = Float()
+    preprocessing = String(metadata={"description": "the input the version was trained on"})
     sha256 = String()
     metrics = Dict(allow_none=True)
     training_run_id = Integer(allow_none=True)

@@ -12,7 +12,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-AUGMENTATIONS = ("none", "threshold", "standard", "both")
+AUGMENTATIONS = ("none", "threshold", "standard", "robust", "both")
+OPTIMIZERS = ("sgd", "sgd-cosine", "adamw-cosine")
 # What PNEUMOSCAN_DEVICE=gpu changes, unless the setting is given (unmeasured: no GPU here).
 GPU_DEFAULTS: dict[str, object] = {
     "batch_size": 256,
@@ -96,14 +97,38 @@ class Settings(BaseSettings):
     gate_auroc_margin: float = Field(
         0.01, ge=0, le=1, description="A candidate may trail the active model's AUROC by this."
     )
+    gate_specificity_margin: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="A candidate may trail the active model's stressed specificity by this.",
+    )
     retrain_cron: str = Field("0 2 * * *", description="When beat starts the nightly retraining.")
     train_architecture: str = Field("inception_resnet_v2", description="Default architecture.")
     train_epochs: int = Field(10, ge=1, description="Default epochs of a training run.")
     train_batch_size: int = Field(100, ge=1, description="Images per training step.")
     train_augment: str = Field(
-        "none", description="none, threshold (copy with pixels < 25 set to 0), standard, or both."
+        "none",
+        description="none, threshold (copy with pixels < 25 set to 0), standard, robust, or both.",
     )
     train_weights: str = Field("none", description="Backbone start: none, imagenet, or a file.")
+    train_input_size: int = Field(75, ge=32, le=512, description="Model input side in pixels.")
+    train_optimizer: Literal["sgd", "sgd-cosine", "adamw-cosine"] = Field(
+        "sgd", description="The write-up's constant SGD, or a cosine-decayed SGD or AdamW."
+    )
+    train_label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Label smoothing.")
+    train_preprocessing: str = Field(
+        "squash", description="squash, equalize, trimN or trimN+equalize (core/imaging.py)."
+    )
+    train_batch_norm_recalibration: bool = Field(
+        False, description="Recompute BatchNorm statistics on the training images at the end."
+    )
+    train_ensemble: int = Field(
+        1, ge=1, le=8, description="Seeds trained and averaged in one model."
+    )
+    train_tta_views: int = Field(
+        1, ge=1, le=6, description="Test-time views averaged inside the saved model (1: none)."
+    )
     training_stale_minutes: int = Field(
         120, ge=1, description="A run silent this long lost its worker and stops blocking others."
     )
@@ -155,6 +180,13 @@ class Settings(BaseSettings):
         if value not in AUGMENTATIONS:
             raise ValueError(f"choose one of {', '.join(AUGMENTATIONS)}")
         return value
+
+    @field_validator("train_preprocessing")
+    @classmethod
+    def _known_preprocessing(cls, value: str) -> str:
+        from core.imaging import Preprocessing
+
+        return Preprocessing.parse(value).name
 
     @field_validator("database_url")
     @classmethod

@@ -7,6 +7,7 @@ channels); any rescaling to the network's range is a layer inside the saved mode
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,19 +49,108 @@ def sniff_file(path: Path, span: Span | None = None) -> str | None:
     return fmt
 
 
-def preprocess(image: Image.Image, size: int) -> np.ndarray:
-    """Grayscale, squash-resize to `size` x `size`, repeat to three channels, as uint8."""
-    gray = _to_grayscale(ImageOps.exif_transpose(image))
+@dataclass(frozen=True)
+class Preprocessing:
+    """What happens between the decoded grayscale image and the model's input, per version.
+
+    `trim`: the fraction cut from each edge before resizing (film borders, collimation,
+    lead markers). `equalize`: global histogram equalisation of the trimmed image, which makes
+    the input the same under any monotonic change of brightness, contrast or gamma. Written as
+    a short name (`squash`, `equalize`, `trim8`, `trim8+equalize`) on the model version.
+    """
+
+    trim: float = 0.0
+    equalize: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.trim < 0.25:
+            raise ValueError(f"trim must lie in [0, 0.25), not {self.trim}")
+
+    @property
+    def name(self) -> str:
+        parts = [f"trim{round(self.trim * 100)}"] if self.trim else []
+        if self.equalize:
+            parts.append("equalize")
+        return "+".join(parts) or SQUASH
+
+    @classmethod
+    def parse(cls, name: str) -> Preprocessing:
+        """The recipe a name stands for; ValueError names what is wrong with it."""
+        trim, equalize = 0.0, False
+        for part in name.strip().split("+"):
+            if part == "equalize":
+                equalize = True
+            elif part.startswith("trim") and part[4:].isdigit():
+                trim = int(part[4:]) / 100
+            elif part != SQUASH:
+                raise ValueError(
+                    f"unknown preprocessing {part!r} in {name!r}: use squash, equalize, "
+                    "trimN (N percent per edge) or trimN+equalize"
+                )
+        return cls(trim, equalize)
+
+
+SQUASH = "squash"
+DEFAULT_PREPROCESSING = Preprocessing()
+
+
+def preprocess(
+    image: Image.Image, size: int, recipe: Preprocessing = DEFAULT_PREPROCESSING
+) -> np.ndarray:
+    """Grayscale, trim, equalise (as the recipe says), squash-resize to `size` x `size`,
+    repeat to three channels, as uint8: the one preprocessing scoring and training share."""
+    return prepare(_to_grayscale(ImageOps.exif_transpose(image)), size, recipe)
+
+
+def prepare(
+    gray: Image.Image, size: int, recipe: Preprocessing = DEFAULT_PREPROCESSING
+) -> np.ndarray:
+    """`preprocess` of an image `decode_image` gave (upright and grayscale already)."""
+    if recipe.trim:
+        width, height = gray.size
+        dx, dy = round(width * recipe.trim), round(height * recipe.trim)
+        gray = gray.crop((dx, dy, width - dx, height - dy))
+    if recipe.equalize:
+        gray = ImageOps.equalize(gray)
     resized = gray.resize((size, size), Image.Resampling.BILINEAR)
     pixels = np.asarray(resized, dtype=np.uint8)
     return np.repeat(pixels[:, :, np.newaxis], 3, axis=2)
 
 
 def load_model_input(
-    path: Path, size: int, max_pixels: int, span: Span | None = None
+    path: Path,
+    size: int,
+    max_pixels: int,
+    span: Span | None = None,
+    recipe: Preprocessing = DEFAULT_PREPROCESSING,
 ) -> np.ndarray:
     """Decode a JPEG or PNG file (or `span` of it) into model input, letting JPEG decode at
     reduced scale."""
+    return prepare(decode_image(path, JPEG, size, max_pixels, span), size, recipe)
+
+
+def decode_for_model(
+    path: Path,
+    fmt: str,
+    size: int,
+    max_pixels: int,
+    span: Span | None = None,
+    recipe: Preprocessing = DEFAULT_PREPROCESSING,
+) -> np.ndarray:
+    """Model input from a JPEG, PNG or DICOM file; ImageDecodeError says why when it cannot.
+
+    `span`: the image is those bytes of `path` (a JPEG or PNG member of a kept upload).
+    """
+    return prepare(decode_image(path, fmt, size, max_pixels, span), size, recipe)
+
+
+def decode_image(
+    path: Path, fmt: str, size: int, max_pixels: int, span: Span | None = None
+) -> Image.Image:
+    """The decoded image, upright and grayscale (a JPEG at the smallest 1/2, 1/4 or 1/8 scale
+    still >= `size` on both sides, in memory: the file is closed); ImageDecodeError says why."""
+    if fmt == DICOM:
+        return _decode_dicom(path, max_pixels)
     try:
         with open_image_bytes(path, span) as source, Image.open(source) as image:
             width, height = image.size
@@ -68,9 +158,9 @@ def load_model_input(
                 raise ImageDecodeError(
                     f"image is {width}x{height} pixels, over the limit of {max_pixels}"
                 )
-            # JPEG only: decode straight at the smallest 1/2, 1/4 or 1/8 scale still >= size.
-            image.draft("L", (size, size))
-            return preprocess(image, size)
+            image.draft("L", (size, size))  # JPEG only; other formats ignore it
+            # exif_transpose returns a loaded copy, so the image outlives its file.
+            return _to_grayscale(ImageOps.exif_transpose(image))
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
@@ -83,19 +173,11 @@ def load_model_input(
         raise ImageDecodeError(f"could not decode image: {type(exc).__name__}: {exc}") from exc
 
 
-def decode_for_model(
-    path: Path, fmt: str, size: int, max_pixels: int, span: Span | None = None
-) -> np.ndarray:
-    """Model input from a JPEG, PNG or DICOM file; ImageDecodeError says why when it cannot.
-
-    `span`: the image is those bytes of `path` (a JPEG or PNG member of a kept upload).
-    """
-    if fmt != DICOM:
-        return load_model_input(path, size, max_pixels, span)
+def _decode_dicom(path: Path, max_pixels: int) -> Image.Image:
     from core import dicom  # pydicom is needed only where DICOM is decoded
 
     try:
-        return preprocess(dicom.load_image(path, max_pixels), size)
+        return _to_grayscale(dicom.load_image(path, max_pixels))
     except dicom.DicomError as exc:
         raise ImageDecodeError(str(exc)) from exc
     except Exception as exc:  # a decoder bug on crafted bytes must not fail the whole batch

@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.errors import ConflictError, InvalidInputError, NotFoundError
+from core.imaging import SQUASH, Preprocessing
 from core.models import ModelStatus, ModelVersion, utcnow
 from core.storage import Storage, sha256_of
 
@@ -90,6 +91,7 @@ def import_model(
     *,
     architecture: str | None = None,
     threshold: float = 0.5,
+    preprocessing: str = SQUASH,
 ) -> ModelVersion:
     """Copy `source` into the registry as a new candidate version."""
     if not source.is_file():
@@ -98,7 +100,13 @@ def import_model(
     staging = storage.staging_dir()
     shutil.copyfile(source, staging / MODEL_FILENAME)
     return register_version(
-        session, storage, staging, architecture=architecture, threshold=threshold, origin="import"
+        session,
+        storage,
+        staging,
+        architecture=architecture,
+        threshold=threshold,
+        origin="import",
+        preprocessing=preprocessing,
     )
 
 
@@ -112,10 +120,15 @@ def register_version(
     origin: str,
     metrics: dict[str, Any] | None = None,
     training_run_id: int | None = None,
+    preprocessing: str = SQUASH,
 ) -> ModelVersion:
     """Move a staging folder holding `model.keras` (and reports) into place as a candidate."""
     if not 0.0 <= threshold <= 1.0:
         raise RegistryError("the threshold must lie between 0 and 1")
+    try:
+        preprocessing = Preprocessing.parse(preprocessing).name
+    except ValueError as exc:
+        raise RegistryError(str(exc)) from exc
     model_file = staging / MODEL_FILENAME
     input_size = read_input_size(model_file)
     digest = sha256_of(model_file)
@@ -132,6 +145,7 @@ def register_version(
         sha256=digest,
         input_size=input_size,
         threshold=threshold,
+        preprocessing=preprocessing,
         metrics=metrics,
         training_run_id=training_run_id,
     )

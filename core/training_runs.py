@@ -10,8 +10,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.config import AUGMENTATIONS, Settings
+from core.config import AUGMENTATIONS, OPTIMIZERS, Settings
 from core.errors import ConflictError, InvalidInputError, NotFoundError
+from core.imaging import Preprocessing
 from core.jobs import Page
 from core.labels import newest_label_time
 from core.models import ModelVersion, RunStatus, TrainingRun, utcnow
@@ -19,6 +20,7 @@ from core.models import ModelVersion, RunStatus, TrainingRun, utcnow
 ACTIVATION_POLICIES = ("if-better", "always", "never")
 DEFAULT_STALE_AFTER = timedelta(hours=2)
 ARCHITECTURES = ("inception_resnet_v2", "baseline_cnn")
+DEFAULT_SEED = 20180222  # Kermany et al., Cell, published 22 February 2018
 
 
 class TrainingBusyError(ConflictError):
@@ -37,6 +39,20 @@ class TrainingParams:
     activate: str
     weights: str
     force: bool = False
+    # Added with the robust recipe; a run stored before them gets the write-up's behaviour.
+    input_size: int = 75
+    optimizer: str = "sgd"
+    label_smoothing: float = 0.0
+    preprocessing: str = "squash"
+    batch_norm_recalibration: bool = False
+    ensemble: int = 1
+    tta_views: int = 1
+    seed: int = DEFAULT_SEED  # the first member's; member k is trained with seed + k
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs over all ensemble members: what the run's progress counts."""
+        return self.epochs * self.ensemble
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> TrainingParams:
@@ -48,6 +64,13 @@ class TrainingParams:
             "augment": settings.train_augment,
             "activate": "if-better",
             "weights": settings.train_weights,
+            "input_size": settings.train_input_size,
+            "optimizer": settings.train_optimizer,
+            "label_smoothing": settings.train_label_smoothing,
+            "preprocessing": settings.train_preprocessing,
+            "batch_norm_recalibration": settings.train_batch_norm_recalibration,
+            "ensemble": settings.train_ensemble,
+            "tta_views": settings.train_tta_views,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         params = cls(**values)
@@ -65,6 +88,18 @@ class TrainingParams:
             raise InvalidInputError(f"activate must be one of {', '.join(ACTIVATION_POLICIES)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise InvalidInputError("epochs and batch size must be at least 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise InvalidInputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if not 32 <= self.input_size <= 512:
+            raise InvalidInputError("input size must lie between 32 and 512 pixels")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise InvalidInputError("label smoothing must lie in [0, 0.5)")
+        if not 1 <= self.ensemble <= 8 or not 1 <= self.tta_views <= 6:
+            raise InvalidInputError("ensemble must lie in 1..8 and tta views in 1..6")
+        try:
+            Preprocessing.parse(self.preprocessing)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from exc
 
 
 def request_run(
@@ -89,7 +124,7 @@ def request_run(
         trigger=trigger,
         trigger_key=trigger_key,
         params=asdict(params),
-        epochs=params.epochs,
+        epochs=params.total_epochs,
         in_progress=True,
     )
     try:
@@ -141,7 +176,7 @@ def _record_skip(
         trigger="schedule",
         trigger_key=trigger_key,
         params=asdict(params),
-        epochs=params.epochs,
+        epochs=params.total_epochs,
         status=RunStatus.SKIPPED,
         in_progress=None,
         decision=reason,

@@ -29,9 +29,11 @@ class Stack:
         self.worker = WorkerProcess(self.settings, self.tmp_path / "worker.log")
         return self.worker
 
-    def import_model(self, path: Path, activate: bool = True) -> str:
+    def import_model(self, path: Path, activate: bool = True, preprocessing: str = "squash") -> str:
         with self.db.session() as session:
-            row = registry.import_model(session, Storage(self.settings.storage_dir), path)
+            row = registry.import_model(
+                session, Storage(self.settings.storage_dir), path, preprocessing=preprocessing
+            )
             if activate:
                 registry.activate(session, row.version)
             version = row.version

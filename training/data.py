@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from core.imaging import JPEG, ImageDecodeError, decode_for_model, sniff_file
+from core.imaging import (
+    DEFAULT_PREPROCESSING,
+    JPEG,
+    ImageDecodeError,
+    Preprocessing,
+    decode_for_model,
+    sniff_file,
+)
 from core.storage import Span, sha256_of
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # index = label: 0 normal, 1 pneumonia
@@ -44,6 +51,7 @@ class Sample:
 class Arrays:
     x: np.ndarray  # uint8, (n, size, size, 3)
     y: np.ndarray  # float32, (n,)
+    groups: np.ndarray | None = None  # patient of each row, for resampling by patient
 
 
 def patient_of(file_name: str, fallback: str) -> str:
@@ -130,32 +138,40 @@ def exclude_overlap(samples: Sequence[Sample], holdout: Sequence[Sample]) -> lis
 
 
 def load_arrays(
-    samples: Sequence[Sample], size: int, threads: int, max_pixels: int
+    samples: Sequence[Sample],
+    size: int,
+    threads: int,
+    max_pixels: int,
+    recipe: Preprocessing = DEFAULT_PREPROCESSING,
 ) -> tuple[Arrays, int]:
     """Decode with the scoring pipeline's own function; returns the arrays and how many failed."""
 
     def decode(sample: Sample) -> np.ndarray | None:
         try:
-            return decode_for_model(sample.path, sample.format, size, max_pixels, sample.span)
+            return decode_for_model(
+                sample.path, sample.format, size, max_pixels, sample.span, recipe
+            )
         except ImageDecodeError:
             return None
 
     with ThreadPoolExecutor(threads) as pool:
         decoded = list(pool.map(decode, samples))
-    kept = [
-        (pixels, s.label) for pixels, s in zip(decoded, samples, strict=True) if pixels is not None
-    ]
+    kept = [(pixels, s) for pixels, s in zip(decoded, samples, strict=True) if pixels is not None]
     if not kept:
-        return Arrays(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.float32)), len(samples)
+        empty = Arrays(
+            np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.float32), np.array([])
+        )
+        return empty, len(samples)
     x = np.stack([pixels for pixels, _ in kept])
-    y = np.array([label for _, label in kept], dtype=np.float32)
-    return Arrays(x, y), len(samples) - len(kept)
+    y = np.array([s.label for _, s in kept], dtype=np.float32)
+    return Arrays(x, y, np.array([s.patient for _, s in kept])), len(samples) - len(kept)
 
 
 def with_threshold_copies(arrays: Arrays) -> Arrays:
     """The write-up's augmentation: the set plus a copy with pixels below 25 set to 0."""
     floored = np.where(arrays.x < PIXEL_FLOOR, 0, arrays.x).astype(np.uint8)
-    return Arrays(np.concatenate([arrays.x, floored]), np.concatenate([arrays.y, arrays.y]))
+    groups = None if arrays.groups is None else np.concatenate([arrays.groups, arrays.groups])
+    return Arrays(np.concatenate([arrays.x, floored]), np.concatenate([arrays.y, arrays.y]), groups)
 
 
 def class_weights(y: np.ndarray) -> dict[int, float]:

@@ -1,18 +1,21 @@
-"""Honest evaluation: threshold chosen on validation, metrics and plots on the holdout."""
+"""Honest evaluation: threshold chosen on validation, metrics and plots on the holdout, with
+bootstrap intervals, calibration, and the same figures under the stressed changes."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.imaging import Preprocessing
 from core.inference import predict_padded
 from core.models import ModelVersion
 from core.registry import verified_artifact
 from core.storage import Storage
-from training.data import Arrays
+from training.calibration import reliability
+from training.data import Arrays, Sample, load_arrays
+from training.stress import stressed_arrays
+from training.uncertainty import clean_intervals, stressed_intervals
 
 EVAL_BATCH = 64
 
@@ -88,89 +91,145 @@ def roc_points(y_true: np.ndarray, scores: np.ndarray, limit: int = 200) -> dict
     return {"fpr": fpr[keep].round(5).tolist(), "tpr": tpr[keep].round(5).tolist()}
 
 
-def evaluate_network(network: Any, data: Arrays, threshold: float) -> dict[str, Any]:
+def clean_metrics(
+    y: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    groups: np.ndarray | None = None,
+    min_sensitivity: float = 0.95,
+) -> dict[str, Any]:
+    """`binary_metrics` plus the ROC curve, 95 % intervals (patients resampled), calibration,
+    and the specificity at the threshold these labels would choose (how well it ranks)."""
+    return {
+        **binary_metrics(y, scores, threshold),
+        "specificity_at_sensitivity": _specificity_at(y, scores, min_sensitivity),
+        "intervals": clean_intervals(y, scores, threshold, groups),
+        "calibration": reliability(y, scores),
+        "roc": roc_points(y, scores),
+    }
+
+
+def stressed_metrics(
+    y: np.ndarray,
+    scores_by_change: dict[str, np.ndarray],
+    threshold: float,
+    groups: np.ndarray | None = None,
+    min_sensitivity: float = 0.95,
+) -> dict[str, Any]:
+    """Per change: AUROC, sensitivity and specificity at `threshold`, and specificity at the
+    threshold the stressed labels would choose; then the mean and the worst over the changes."""
+    changes = {}
+    for name, scores in scores_by_change.items():
+        at = binary_metrics(y, scores, threshold)
+        changes[name] = {
+            "auroc": at["auroc"],
+            "sensitivity": at["sensitivity"],
+            "specificity": at["specificity"],
+            "specificity_at_sensitivity": _specificity_at(y, scores, min_sensitivity),
+        }
+    aurocs = {name: c["auroc"] if c["auroc"] is not None else 0.5 for name, c in changes.items()}
+    specificity = {name: c["specificity"] or 0.0 for name, c in changes.items()}
+    sensitivity = {name: c["sensitivity"] or 0.0 for name, c in changes.items()}
+    worst_auroc = min(aurocs, key=aurocs.__getitem__)
+    worst_specificity = min(specificity, key=specificity.__getitem__)
+    return {
+        "n": len(y),
+        "threshold": float(threshold),
+        "mean_auroc": float(np.mean(list(aurocs.values()))),
+        "worst_auroc": aurocs[worst_auroc],
+        "worst_auroc_change": worst_auroc,
+        "specificity": float(np.mean(list(specificity.values()))),
+        "worst_specificity": specificity[worst_specificity],
+        "worst_specificity_change": worst_specificity,
+        "sensitivity": float(np.mean(list(sensitivity.values()))),
+        "worst_sensitivity": min(sensitivity.values()),
+        "intervals": stressed_intervals(y, scores_by_change, threshold, groups),
+        "changes": changes,
+    }
+
+
+def _specificity_at(y: np.ndarray, scores: np.ndarray, min_sensitivity: float) -> float | None:
+    if y.sum() in (0, len(y)):
+        return None
+    return binary_metrics(y, scores, choose_threshold(y, scores, min_sensitivity))["specificity"]
+
+
+def predict(network: Any, data: Arrays) -> np.ndarray:
+    return predict_padded(network, data.x.astype(np.float32), EVAL_BATCH)
+
+
+def evaluate_network(
+    network: Any, data: Arrays, threshold: float, min_sensitivity: float = 0.95
+) -> dict[str, Any]:
     """Metrics of a loaded model on labelled arrays at `threshold`, with its ROC curve."""
-    scores = predict_padded(network, data.x.astype(np.float32), EVAL_BATCH)
-    return {**binary_metrics(data.y, scores, threshold), "roc": roc_points(data.y, scores)}
+    return clean_metrics(data.y, predict(network, data), threshold, data.groups, min_sensitivity)
+
+
+def evaluate_stressed(
+    network: Any, stressed: dict[str, Arrays], threshold: float, min_sensitivity: float = 0.95
+) -> dict[str, Any]:
+    """`stressed_metrics` of a loaded model on the arrays `stress.stressed_arrays` made."""
+    first = next(iter(stressed.values()))
+    scores = {name: predict(network, arrays) for name, arrays in stressed.items()}
+    return stressed_metrics(first.y, scores, threshold, first.groups, min_sensitivity)
+
+
+def load_version(storage: Storage, version: ModelVersion) -> Any:
+    import keras
+
+    return keras.models.load_model(verified_artifact(storage, version), compile=False)
 
 
 def evaluate_version(storage: Storage, version: ModelVersion, data: Arrays) -> dict[str, Any]:
     """Metrics of a registered version on `data`, at the version's own threshold."""
-    import keras
-
-    network = keras.models.load_model(verified_artifact(storage, version), compile=False)
-    return evaluate_network(network, data, version.threshold)
+    return evaluate_network(load_version(storage, version), data, version.threshold)
 
 
-def write_report(
-    out_dir: Path, metrics: dict[str, Any], history: list[dict[str, float]] | None = None
-) -> None:
-    """metrics.json, confusion_matrix.png, roc.png and (after training) training_curves.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    holdout = metrics["holdout"]
-    _plot_confusion(plt, holdout["confusion_matrix"], out_dir / "confusion_matrix.png")
-    _plot_roc(plt, holdout, out_dir / "roc.png")
-    if history:
-        _plot_history(plt, history, out_dir / "training_curves.png")
-
-
-def _plot_confusion(plt: Any, cm: dict[str, int], path: Path) -> None:
-    grid = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(grid, cmap="Blues")
-    for (row, col), value in np.ndenumerate(grid):
-        ax.text(col, row, str(value), ha="center", va="center", fontsize=14)
-    ax.set_xticks([0, 1], ["NORMAL", "PNEUMONIA"])
-    ax.set_yticks([0, 1], ["NORMAL", "PNEUMONIA"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title("holdout confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _plot_roc(plt: Any, holdout: dict[str, Any], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot(
-        holdout["roc"]["fpr"], holdout["roc"]["tpr"], label=f"AUROC {holdout['auroc'] or 0:.3f}"
+def measure_version(
+    storage: Storage,
+    version: ModelVersion,
+    samples: list[Sample],
+    threads: int,
+    max_pixels: int,
+    min_sensitivity: float,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(clean, stressed) metrics of a registered version on `samples`, decoded at its own
+    input size with its own preprocessing, at its own threshold."""
+    report = evaluate_samples(
+        load_version(storage, version),
+        version,
+        samples,
+        threads=threads,
+        max_pixels=max_pixels,
+        min_sensitivity=min_sensitivity,
+        stress=True,
     )
-    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
-    if holdout["specificity"] is not None and holdout["sensitivity"] is not None:
-        ax.scatter(
-            [1 - holdout["specificity"]],
-            [holdout["sensitivity"]],
-            color="red",
-            zorder=3,
-            label=f"threshold {holdout['threshold']:.3f}",
-        )
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title("holdout ROC")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    stressed = report.pop("stressed", None)  # absent when no sample could be decoded
+    report.pop("unreadable")
+    return report, stressed
 
 
-def _plot_history(plt: Any, history: list[dict[str, float]], path: Path) -> None:
-    epochs = [entry["epoch"] for entry in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for key, ax in (("loss", loss_ax), ("accuracy", acc_ax)):
-        for prefix, name in (("", "training"), ("val_", "validation")):
-            values = [entry.get(prefix + key) for entry in history]
-            if any(v is not None for v in values):
-                ax.plot(epochs, values, marker="o", label=name)
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_title(key)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def evaluate_samples(
+    network: Any,
+    version: ModelVersion,
+    samples: list[Sample],
+    *,
+    threads: int,
+    max_pixels: int,
+    min_sensitivity: float,
+    stress: bool = False,
+) -> dict[str, Any]:
+    """A loaded version's metrics on labelled samples, decoded as scoring decodes them (its
+    input size and preprocessing, JPEGs in draft mode) at its own threshold; with `stress`,
+    the stressed metrics too. How many samples could not be decoded is in `unreadable`."""
+    recipe = Preprocessing.parse(version.preprocessing)
+    size, threshold = version.input_size, version.threshold
+    clean, unreadable = load_arrays(samples, size, threads, max_pixels, recipe)
+    report: dict[str, Any] = {"unreadable": unreadable}
+    if len(clean.y) == 0:
+        return report
+    report.update(evaluate_network(network, clean, threshold, min_sensitivity))
+    if stress:
+        stressed = stressed_arrays(samples, size, threads, max_pixels, recipe)
+        report["stressed"] = evaluate_stressed(network, stressed, threshold, min_sensitivity)
+    return report

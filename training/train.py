@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,12 +18,16 @@ import numpy as np
 
 from core.config import Settings
 from core.db import Database
-from core.inference import configure_tensorflow, predict_padded
+from core.imaging import Preprocessing
+from core.inference import configure_tensorflow
 from core.labels import labelled_images, newest_label_time
 from core.models import RunStatus
 from core.registry import MODEL_FILENAME, register_version
 from core.storage import Storage
 from core.training_runs import TrainingParams, finish_run, record_epoch, start_run
+from training.augment import augmenter
+from training.batchnorm import recalibrate_batch_norm
+from training.calibration import apply_temperature, fit_temperature, reliability, scaled
 from training.data import (
     CLASSES,
     Arrays,
@@ -38,20 +42,22 @@ from training.data import (
     with_threshold_copies,
 )
 from training.evaluate import (
-    EVAL_BATCH,
-    binary_metrics,
+    auroc,
     choose_threshold,
+    clean_metrics,
     evaluate_network,
-    write_report,
+    evaluate_stressed,
+    predict,
 )
-from training.gate import promote_if_allowed
-from training.model import DEFAULT_INPUT_SIZE, compile_model, make_model
+from training.gate import GateRules, promote_if_allowed
+from training.model import averaged, compile_model, make_model
+from training.plots import write_report
+from training.stress import mixed, stressed_arrays
 
 log = logging.getLogger(__name__)
 
 HOLDOUT_FRACTION = 0.15
 VALIDATION_FRACTION = 0.15
-SEED = 20180222  # Kermany et al., Cell, published 22 February 2018
 
 
 class Progress(Protocol):
@@ -134,6 +140,20 @@ def gather_datasets(db: Database, storage: Storage, settings: Settings, data_dir
     return datasets
 
 
+def patients_of_split(reference: list[Sample], split: str) -> set[str] | None:
+    """The patients of the reference folder a run puts in `split` (validation or holdout, as
+    carved when no PNEUMOSCAN_HOLDOUT_DIR is set and before confirmed labels join), or None
+    for all of them."""
+    if split == "all":
+        return None
+    pool, holdout = split_by_patient(reference, HOLDOUT_FRACTION, "holdout")
+    if split == "holdout":
+        return {s.patient for s in holdout}
+    if split == "validation":
+        return {s.patient for s in split_by_patient(pool, VALIDATION_FRACTION, "validation")[1]}
+    raise ValueError(f"unknown split {split!r}")
+
+
 def run_training(
     db: Database,
     storage: Storage,
@@ -162,6 +182,32 @@ def run_training(
         raise
 
 
+@dataclass(frozen=True)
+class Splits:
+    """The decoded splits of a run, each made with the run's input size and preprocessing."""
+
+    train: Arrays
+    validation: Arrays
+    holdout: Arrays
+    validation_stressed: dict[str, Arrays]
+    holdout_stressed: dict[str, Arrays]
+
+
+def load_splits(data: Datasets, params: TrainingParams, settings: Settings) -> Splits:
+    recipe = Preprocessing.parse(params.preprocessing)
+    decode = (params.input_size, settings.decode_threads, settings.max_image_pixels, recipe)
+    train, validation, holdout = (
+        load_arrays(part, *decode)[0] for part in (data.train, data.validation, data.holdout)
+    )
+    return Splits(
+        train,
+        validation,
+        holdout,
+        stressed_arrays(data.validation, *decode),
+        stressed_arrays(data.holdout, *decode),
+    )
+
+
 def _train_and_register(
     db: Database,
     storage: Storage,
@@ -175,27 +221,19 @@ def _train_and_register(
     # are tuned for scoring workers, which share their cores with decoding).
     configure_tensorflow(intra_op_threads=0, inter_op_threads=0)
     data = gather_datasets(db, storage, settings, Path(params.data_dir))
-    train, validation, holdout = (
-        load_arrays(part, DEFAULT_INPUT_SIZE, settings.decode_threads, settings.max_image_pixels)[0]
-        for part in (data.train, data.validation, data.holdout)
-    )
+    splits = load_splits(data, params, settings)
     log.info("run %s: data %s", run_id, data.summary())
-    network, recorder = _fit(
-        db, run_id, params, train, validation, progress, settings.mixed_precision
+    network, history, selection = _train_members(
+        db, run_id, params, splits, progress, settings.mixed_precision
     )
-    history = recorder.history
-
-    threshold, metrics = _measure(network, validation, holdout, settings.min_sensitivity)
+    calibration = calibrate(network, splits.validation)
+    threshold, metrics = measure(network, splits, settings.min_sensitivity)
+    recorded = {k: v for k, v in asdict(params).items() if k not in ("data_dir", "force")}
     metrics.update(
         data=data.summary(),
-        params={
-            "architecture": params.architecture,
-            "epochs": params.epochs,
-            "batch_size": params.batch_size,
-            "augment": params.augment,
-            "weights": params.weights,
-        },
-        best_epoch=recorder.best_epoch,
+        params=recorded,
+        selection=selection,
+        calibration=calibration,
         training_seconds=round(time.monotonic() - started, 1),
     )
     version = _register(db, storage, run_id, params, network, threshold, metrics, history)
@@ -204,16 +242,23 @@ def _train_and_register(
         storage,
         version,
         metrics["holdout"],
-        holdout,
-        min_sensitivity=settings.min_sensitivity,
-        auroc_margin=settings.gate_auroc_margin,
-        policy=params.activate,
+        metrics["holdout_stressed"],
+        data.holdout,
+        GateRules(
+            settings.min_sensitivity,
+            settings.gate_auroc_margin,
+            settings.gate_specificity_margin,
+            params.activate,
+        ),
+        threads=settings.decode_threads,
+        max_pixels=settings.max_image_pixels,
         keep_inactive=settings.keep_inactive_models,
     )
     if decision.active_metrics is not None:
         metrics["gate"] = {
             "active_version": decision.active_version,
             "active_holdout": decision.active_metrics,
+            "active_holdout_stressed": decision.active_stressed,
         }
     with db.session() as session:
         finish_run(
@@ -230,15 +275,65 @@ def _train_and_register(
     return RunOutcome(run_id, RunStatus.COMPLETED, version, decision.activate, decision.reason)
 
 
-def _measure(
-    network: Any, validation: Arrays, holdout: Arrays, min_sensitivity: float
-) -> tuple[float, dict[str, Any]]:
-    """The threshold, chosen on validation, and the metrics; the holdout only measures."""
-    val_scores = predict_padded(network, validation.x.astype(np.float32), EVAL_BATCH)
+def _train_members(
+    db: Database,
+    run_id: int,
+    params: TrainingParams,
+    splits: Splits,
+    progress: Progress | None,
+    mixed_precision: bool,
+) -> tuple[Any, list[dict[str, float]], list[dict[str, Any]]]:
+    """Train the ensemble's members one after the other (one seed each), recalibrate their
+    BatchNorm statistics if asked, and join them (and the test-time views) into one model."""
+    members, history, selection = [], [], []
+    for member in range(params.ensemble):
+        network, recorder = _fit(db, run_id, params, splits, progress, member, mixed_precision)
+        if params.batch_norm_recalibration:
+            recalibrate_batch_norm(network, splits.train.x, params.batch_size, params.seed + member)
+        members.append(network)
+        history += recorder.history
+        selection.append(
+            {
+                "member": member,
+                "seed": params.seed + member,
+                "epoch": recorder.best_epoch,
+                "val_stressed_auroc": recorder.best_score,
+            }
+        )
+    if len(members) == 1 and params.tta_views == 1:
+        return members[0], history, selection
+    return averaged(members, params.tta_views), history, selection
+
+
+def calibrate(network: Any, validation: Arrays) -> dict[str, float]:
+    """Fit a temperature on validation and divide the network's logit by it, in place."""
+    scores = predict(network, validation)
+    temperature = fit_temperature(validation.y, scores)
+    apply_temperature(network, temperature)
+    return {
+        "temperature": round(temperature, 4),
+        "validation_ece_before": reliability(validation.y, scores)["ece"],
+        "validation_ece_after": reliability(validation.y, scaled(scores, temperature))["ece"],
+    }
+
+
+def measure(network: Any, splits: Splits, min_sensitivity: float) -> tuple[float, dict[str, Any]]:
+    """The threshold, chosen on (calibrated) validation, and the metrics, clean and stressed;
+    the holdout only measures."""
+    validation = splits.validation
+    val_scores = predict(network, validation)
     threshold = choose_threshold(validation.y, val_scores, min_sensitivity)
     return threshold, {
-        "validation": binary_metrics(validation.y, val_scores, threshold),
-        "holdout": evaluate_network(network, holdout, threshold),
+        "validation": clean_metrics(
+            validation.y, val_scores, threshold, validation.groups, min_sensitivity
+        ),
+        "validation_stressed": evaluate_stressed(
+            network, splits.validation_stressed, threshold, min_sensitivity
+        ),
+        "holdout": evaluate_network(network, splits.holdout, threshold, min_sensitivity),
+        "holdout_stressed": evaluate_stressed(
+            network, splits.holdout_stressed, threshold, min_sensitivity
+        ),
         "threshold_rule": f"highest with validation sensitivity >= {min_sensitivity}",
     }
 
@@ -247,29 +342,40 @@ def _fit(
     db: Database,
     run_id: int,
     params: TrainingParams,
-    train: Arrays,
-    validation: Arrays,
+    splits: Splits,
     progress: Progress | None,
+    member: int = 0,
     mixed_precision: bool = False,
 ) -> tuple[Any, _RunRecorder]:
     import tensorflow as tf
 
-    keras.utils.set_random_seed(SEED)
+    seed = params.seed + member
+    keras.utils.set_random_seed(seed)
     # float16 compute on GPUs; the saved model keeps the policy, so scoring uses it too.
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
     weights = None if params.weights == "none" else params.weights
-    network = make_model(params.architecture, train.x.shape[1], weights)
-    compile_model(network)
+    network = make_model(params.architecture, params.input_size, weights)
+    train = splits.train
     if params.augment in ("threshold", "both"):
         train = with_threshold_copies(train)
-    dataset = tf.data.Dataset.from_tensor_slices((train.x, train.y)).shuffle(
-        len(train.y), seed=SEED, reshuffle_each_iteration=True
-    )
-    dataset = dataset.batch(params.batch_size).map(_augmenter(params.augment)).prefetch(2)
     steps = int(np.ceil(len(train.y) / params.batch_size))
-    if progress is not None:
-        progress.started(params.epochs, steps)
-    recorder = _RunRecorder(db, run_id, progress)
+    cosine = params.optimizer.endswith("cosine")
+    compile_model(
+        network,
+        params.optimizer,
+        params.label_smoothing,
+        total_steps=steps * params.epochs,
+        warmup_steps=steps if cosine and params.epochs > 1 else 0,
+    )
+    dataset = tf.data.Dataset.from_tensor_slices((train.x, train.y)).shuffle(
+        len(train.y), seed=seed, reshuffle_each_iteration=True
+    )
+    dataset = dataset.batch(params.batch_size).map(augmenter(params.augment, seed)).prefetch(2)
+    if progress is not None and member == 0:
+        progress.started(params.total_epochs, steps)
+    selection_set = mixed(splits.validation_stressed)
+    recorder = _RunRecorder(db, run_id, progress, selection_set, member * params.epochs)
+    validation = splits.validation
     network.fit(
         dataset,
         epochs=params.epochs,
@@ -282,32 +388,25 @@ def _fit(
     return network, recorder
 
 
-def _augmenter(augment: str) -> Any:
-    import tensorflow as tf
-
-    if augment not in ("standard", "both"):
-        return lambda x, y: (tf.cast(x, tf.float32), y)
-    # Light and anatomy-preserving: no flips (the heart sits on one side).
-    layers = keras.Sequential(
-        [
-            keras.layers.RandomRotation(0.03, fill_mode="constant", seed=SEED),
-            keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=SEED),
-            keras.layers.RandomZoom(0.1, fill_mode="constant", seed=SEED),
-            keras.layers.RandomContrast(0.1, seed=SEED),
-        ]
-    )
-    return lambda x, y: (layers(tf.cast(x, tf.float32), training=True), y)
-
-
 class _RunRecorder(keras.callbacks.Callback):
     """Writes each epoch's metrics to the run, feeds the progress display, and keeps the
-    weights of the epoch with the best validation AUROC, restored when training ends."""
+    weights of the epoch with the best AUROC on the stressed validation images (each under
+    one change), restored when training ends: the epoch is chosen for holding up under the
+    shift, not for the clean validation alone."""
 
-    def __init__(self, db: Database, run_id: int, progress: Progress | None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        run_id: int,
+        progress: Progress | None,
+        selection_set: Arrays,
+        epoch_offset: int = 0,
+    ) -> None:
         super().__init__()
         self.db, self.run_id, self.progress = db, run_id, progress
+        self.selection_set, self.epoch_offset = selection_set, epoch_offset
         self.history: list[dict[str, float]] = []
-        self.best_epoch, self.best_auroc = 0, -1.0
+        self.best_epoch, self.best_score = 0, -1.0
         self._best_weights: list[Any] | None = None
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
@@ -316,14 +415,17 @@ class _RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         values = {key: float(value) for key, value in (logs or {}).items()}
-        self.history.append({"epoch": epoch + 1, **values})
-        if values.get("val_auroc", -1.0) > self.best_auroc:
-            self.best_epoch, self.best_auroc = epoch + 1, values["val_auroc"]
+        scores = predict(self.model, self.selection_set)
+        values["val_stressed_auroc"] = auroc(self.selection_set.y, scores) or 0.0
+        number = self.epoch_offset + epoch + 1
+        self.history.append({"epoch": number, **values})
+        if values["val_stressed_auroc"] > self.best_score:
+            self.best_epoch, self.best_score = epoch + 1, values["val_stressed_auroc"]
             self._best_weights = self.model.get_weights()
         with self.db.session() as session:
-            record_epoch(session, self.run_id, epoch + 1, values)
+            record_epoch(session, self.run_id, number, values)
         if self.progress is not None:
-            self.progress.epoch_done(epoch + 1, values)
+            self.progress.epoch_done(number, values)
 
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         # Validation may choose the epoch; the holdout never chooses anything.
@@ -352,6 +454,7 @@ def _register(
                 staging,
                 architecture=params.architecture,
                 threshold=threshold,
+                preprocessing=params.preprocessing,
                 origin="training",
                 metrics=metrics,
                 training_run_id=run_id,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from core.config import Settings
-from core.imaging import ImageDecodeError, decode_for_model
+from core.imaging import ImageDecodeError, Preprocessing, decode_for_model
 from core.inference import configure_tensorflow, predict_padded
 from core.jobs import park_job_for_model
 from core.models import ModelVersion
@@ -42,6 +42,7 @@ class LoadedModel:
     version_id: int
     input_size: int
     network: Any  # a keras.Model, safe for concurrent inference once traced
+    preprocessing: Preprocessing  # the input the version was trained on
 
 
 class ActiveModelCache:
@@ -80,7 +81,8 @@ class ActiveModelCache:
         predict_padded(network, np.zeros((1, size, size, 3), np.float32), self.settings.batch_size)
         self.loads += 1
         log.info("loaded model version %s in %.1f s", version.version, time.monotonic() - started)
-        return LoadedModel(version.version, version.id, version.input_size, network)
+        recipe = Preprocessing.parse(version.preprocessing)
+        return LoadedModel(version.version, version.id, version.input_size, network, recipe)
 
 
 def _import_keras(settings: Settings) -> Any:
@@ -249,6 +251,7 @@ def predict_images(
                 size,
                 settings.max_image_pixels,
                 image.span,
+                loaded.preprocessing,
             )
         except ImageDecodeError as exc:
             return str(exc)

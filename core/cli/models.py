@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from core.cli.common import release_waiting_jobs, settings_of
+from core.config import AUGMENTATIONS, OPTIMIZERS
 from core.errors import DomainError
 
 
@@ -22,9 +23,20 @@ def models() -> None:
 @click.option("--activate", is_flag=True, help="Make it the active version at once.")
 @click.option("--architecture", default=None, help="Recorded with the version.")
 @click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.option(
+    "--preprocessing",
+    default="squash",
+    show_default=True,
+    help="The input the model was trained on: squash, equalize, trimN or trimN+equalize.",
+)
 @click.pass_context
 def models_import(
-    ctx: click.Context, path: Path, activate: bool, architecture: str | None, threshold: float
+    ctx: click.Context,
+    path: Path,
+    activate: bool,
+    architecture: str | None,
+    threshold: float,
+    preprocessing: str,
 ) -> None:
     """Register a saved .keras model as a new version."""
     from core import registry
@@ -41,6 +53,7 @@ def models_import(
                 path,
                 architecture=architecture,
                 threshold=threshold,
+                preprocessing=preprocessing,
             )
             if activate:
                 registry.activate(session, row.version)
@@ -114,8 +127,19 @@ def models_new(architecture: str, input_size: int, out: Path) -> None:
 @click.option("--architecture", type=click.Choice(["inception_resnet_v2", "baseline_cnn"]))
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
-@click.option("--augment", type=click.Choice(["none", "threshold", "standard", "both"]))
+@click.option("--augment", type=click.Choice(AUGMENTATIONS))
 @click.option("--weights", help="none, imagenet, or a weights file for the backbone.")
+@click.option("--input-size", type=int, help="Model input side in pixels.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS))
+@click.option("--label-smoothing", type=float)
+@click.option("--preprocessing", help="squash, equalize, trimN or trimN+equalize.")
+@click.option(
+    "--batch-norm-recalibration/--no-batch-norm-recalibration",
+    default=None,
+    help="Recompute BatchNorm statistics on the training images at the end.",
+)
+@click.option("--ensemble", type=int, help="Seeds trained one after the other, averaged.")
+@click.option("--tta-views", type=int, help="Test-time views averaged inside the model (1-6).")
 @click.option(
     "--activate",
     type=click.Choice(["if-better", "always", "never"]),
@@ -202,16 +226,41 @@ class _TrainingProgress:
     help="A labelled folder with NORMAL/ and PNEUMONIA/.",
 )
 @click.option("--model", "version", default=None, help="A model version; default: the active one.")
+@click.option(
+    "--split",
+    type=click.Choice(["all", "validation", "holdout"]),
+    default="all",
+    show_default=True,
+    help="Only the patients a training run on this reference folder puts in this split.",
+)
+@click.option(
+    "--stress", is_flag=True, help="Also each stressed change of the images, and the worst."
+)
+@click.option(
+    "--origres",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A labelled folder of original-resolution images: those of the split's patients are "
+    "measured too, decoded as scoring decodes them.",
+)
 @click.pass_context
-def evaluate(ctx: click.Context, data: Path, version: str | None) -> None:
-    """Print a model's metrics on a labelled folder, at its own threshold, as one JSON object."""
+def evaluate(
+    ctx: click.Context,
+    data: Path,
+    version: str | None,
+    split: str,
+    stress: bool,
+    origres: Path | None,
+) -> None:
+    """Print a model's metrics on a labelled folder, at its own threshold, with 95 % intervals,
+    as one JSON object (and a summary table on stderr)."""
     import json
 
     from core import registry
     from core.db import Database
     from core.storage import Storage
-    from training.data import class_counts, load_arrays, read_labelled_folder
-    from training.evaluate import evaluate_version
+    from training.data import class_counts, read_labelled_folder
+    from training.evaluate import evaluate_samples, load_version
+    from training.train import patients_of_split
 
     settings = settings_of(ctx)
     try:
@@ -225,16 +274,66 @@ def evaluate(ctx: click.Context, data: Path, version: str | None) -> None:
         raise click.ClickException(exc.message) from exc
     if row is None:
         raise click.ClickException("no active model; name one with --model")
-    samples = read_labelled_folder(data)
-    arrays, unreadable = load_arrays(
-        samples, row.input_size, settings.decode_threads, settings.max_image_pixels
-    )
-    metrics = evaluate_version(Storage(settings.storage_dir), row, arrays)
+    reference = read_labelled_folder(data)
+    patients = patients_of_split(reference, split)
+    measure: dict[str, Any] = {
+        "threads": settings.decode_threads,
+        "max_pixels": settings.max_image_pixels,
+        "min_sensitivity": settings.min_sensitivity,
+    }
+    network = load_version(Storage(settings.storage_dir), row)
+    samples = [s for s in reference if patients is None or s.patient in patients]
     report = {
         "model_version": row.version,
         "data": str(data),
+        "split": split,
         "images": class_counts(samples),
-        "unreadable": unreadable,
-        **metrics,
+        **evaluate_samples(network, row, samples, stress=stress, **measure),
     }
+    if origres is not None:
+        full_size = [
+            s for s in read_labelled_folder(origres) if patients is None or s.patient in patients
+        ]
+        report["origres"] = {
+            "data": str(origres),
+            "images": class_counts(full_size),
+            **evaluate_samples(network, row, full_size, **measure),
+        }
+    click.echo(summary_table(report), err=True)
     click.echo(json.dumps(report, indent=2))
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """The figures a person reads first, with their intervals, one line each."""
+
+    def figure(metrics: dict[str, Any], key: str, interval_key: str | None = None) -> str:
+        value = metrics.get(key)
+        if value is None:
+            return f"{key} n/a"
+        low_high = (metrics.get("intervals") or {}).get(interval_key or key)
+        spread = f" ({low_high[0]:.3f}-{low_high[1]:.3f})" if low_high else ""
+        return f"{key} {value:.3f}{spread}"
+
+    lines = [f"model {report['model_version']} on {report['data']} ({report['split']})"]
+    for name, metrics in (("clean", report), ("origres", report.get("origres", {}))):
+        if "auroc" in metrics:
+            keys = ("auroc", "accuracy", "sensitivity", "specificity")
+            lines.append(
+                f"  {name:<22} n {metrics['n']:>5}  " + ", ".join(figure(metrics, k) for k in keys)
+            )
+    stressed = report.get("stressed")
+    if stressed:
+        for change, m in stressed["changes"].items():
+            lines.append(
+                f"  {change:<22} auroc {m['auroc'] or 0:.3f}, sensitivity "
+                f"{m['sensitivity'] or 0:.3f}, specificity {m['specificity'] or 0:.3f}"
+            )
+        lines.append(
+            "  stressed               "
+            + ", ".join(
+                figure(stressed, k)
+                for k in ("mean_auroc", "worst_auroc", "specificity", "worst_specificity")
+            )
+            + f" (worst: {stressed['worst_auroc_change']}, {stressed['worst_specificity_change']})"
+        )
+    return "\n".join(lines)

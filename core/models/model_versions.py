@@ -41,6 +41,10 @@ class ModelVersion(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     input_size: Mapped[int] = mapped_column(Integer)
     threshold: Mapped[float] = mapped_column(Float, default=0.5)
+    # core.imaging.Preprocessing by name: what the version's input must be made with.
+    preprocessing: Mapped[str] = mapped_column(
+        String(64), default="squash", server_default="squash"
+    )
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     training_run_id: Mapped[int | None] = mapped_column(
         ForeignKey("training_runs.id", ondelete="SET NULL")

@@ -6,9 +6,10 @@ from pathlib import Path
 from sqlalchemy import select
 
 from core.models import Image
-from tests.images import jpeg_bytes, png_bytes, truncated_jpeg
+from tests.images import chest_like, jpeg_bytes, png_bytes, truncated_jpeg
 from tests.stack import Stack
 from tests.support import wait_for, zip_bytes, zip_folder_bytes
+from tests.synthetic import brightness_model
 from worker.tasks import score_batch
 
 
@@ -105,3 +106,25 @@ def test_a_tampered_active_model_parks_the_job_until_a_usable_one_is_activated(
     good = stack.import_model(baseline_model)
     done = stack.wait_finished(job_id)
     assert (done["status"], done["scored"], done["model_versions"]) == ("completed", 1, [good])
+
+
+def test_each_version_scores_the_input_its_own_preprocessing_makes(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A brightness model sees a darker exposure as less pneumonia; with equalisation, as the
+    version says it was trained, the worker gives both exposures the same score."""
+    model = brightness_model(tmp_path / "brightness.keras")
+    image = chest_like(448)
+    darker = image.point([round(255 * (v / 255) ** 1.6) for v in range(256)])
+    archive = zip_bytes([("normal.jpeg", jpeg_bytes(image)), ("dark.jpeg", jpeg_bytes(darker))])
+    stack.start_worker()
+    probabilities = {}
+    for recipe in ("squash", "equalize"):
+        version = stack.import_model(model, preprocessing=recipe)
+        done = stack.wait_finished(stack.submit_zip(archive)["id"])
+        assert done["model_versions"] == [version]
+        probabilities[recipe] = {r["path"]: r["probability"] for r in stack.results(done["id"])}
+    squashed, equalised = probabilities["squash"], probabilities["equalize"]
+    exposure_effect = squashed["normal.jpeg"] - squashed["dark.jpeg"]
+    assert exposure_effect > 0.1
+    assert abs(equalised["normal.jpeg"] - equalised["dark.jpeg"]) < 0.2 * exposure_effect

@@ -26,7 +26,7 @@ from tests.stack import Stack
 from tests.support import WorkerProcess, api_client, wait_for, zip_bytes
 from training.data import load_arrays, read_labelled_folder
 from training.evaluate import evaluate_version
-from training.gate import promote_if_allowed
+from training.gate import GateRules, promote_if_allowed
 from training.train import run_training
 
 FINISHED_RUN = ("completed", "failed", "skipped")
@@ -45,11 +45,31 @@ def training_stack(tmp_path: Path, reference: Path, **overrides: object) -> Stac
     return Stack(settings, tmp_path)
 
 
+# Every lever at once on the small CNN: two seeds, two test-time views, recomputed BatchNorm
+# statistics (it has none: nothing to do), equalised and trimmed input, AdamW, smoothing.
+ROBUST_LEVERS = {
+    "augment": "robust",
+    "optimizer": "adamw-cosine",
+    "label_smoothing": 0.1,
+    "preprocessing": "trim5+equalize",
+    "batch_norm_recalibration": True,
+    "ensemble": 2,
+    "tta_views": 2,
+    "input_size": 64,
+}
+
+
 @pytest.mark.parametrize(
-    ("architecture", "epochs"), [("baseline_cnn", 3), ("inception_resnet_v2", 1)]
+    ("architecture", "epochs", "levers"),
+    [
+        ("baseline_cnn", 3, {}),
+        ("inception_resnet_v2", 1, {"batch_norm_recalibration": True}),
+        ("baseline_cnn", 2, ROBUST_LEVERS),
+    ],
+    ids=["baseline_cnn", "inception_resnet_v2", "every-lever"],
 )
 def test_each_architecture_trains_end_to_end_through_the_celery_task(
-    tmp_path: Path, small_reference: Path, architecture: str, epochs: int
+    tmp_path: Path, small_reference: Path, architecture: str, epochs: int, levers: dict
 ) -> None:
     stack = training_stack(tmp_path, small_reference)
     try:
@@ -61,6 +81,7 @@ def test_each_architecture_trains_end_to_end_through_the_celery_task(
                 "epochs": epochs,
                 "batch_size": 16,
                 "activate": "always",
+                **levers,
             },
         )
         assert response.status_code == 202, response.get_json()
@@ -76,9 +97,11 @@ def test_each_architecture_trains_end_to_end_through_the_celery_task(
             interval=1,
         )
         assert run["status"] == "completed", run["error"] or stack.worker.log()[-3000:]
-        assert run["epoch"] == epochs
-        assert len(run["history"]) == epochs
-        assert {"loss", "val_loss", "accuracy"} <= set(run["history"][-1])
+        members = levers.get("ensemble", 1)
+        assert run["epoch"] == run["epochs"] == epochs * members
+        assert len(run["history"]) == epochs * members
+        assert {"loss", "val_loss", "accuracy", "val_stressed_auroc"} <= set(run["history"][-1])
+        assert_robust_metrics(run["metrics"], members)
         holdout = run["metrics"]["holdout"]
         for key in (
             "accuracy",
@@ -97,6 +120,8 @@ def test_each_architecture_trains_end_to_end_through_the_celery_task(
         version = models[run["version"]]
         assert version["status"] == "active"
         assert version["training_run_id"] == run_id
+        assert version["input_size"] == levers.get("input_size", 75)
+        assert version["preprocessing"] == levers.get("preprocessing", "squash")
         assert (
             version["threshold"]
             == run["metrics"]["validation"]["threshold"]
@@ -109,11 +134,34 @@ def test_each_architecture_trains_end_to_end_through_the_celery_task(
             "metrics.json",
             "confusion_matrix.png",
             "roc.png",
+            "reliability.png",
             "training_curves.png",
         ):
             assert (folder / name).stat().st_size > 0
     finally:
         stack.close()
+
+
+def assert_robust_metrics(metrics: dict, members: int) -> None:
+    """What every version records: stressed figures per change and at worst, intervals,
+    calibration, and the epoch each member kept for its stressed validation AUROC."""
+    from training.stress import CHANGES
+
+    for split in ("validation_stressed", "holdout_stressed"):
+        stressed = metrics[split]
+        assert set(stressed["changes"]) == set(CHANGES)
+        assert stressed["worst_auroc"] <= stressed["mean_auroc"]
+        assert stressed["worst_auroc_change"] in CHANGES
+        assert set(stressed["intervals"]) >= {"mean_auroc", "worst_auroc", "specificity"}
+    for split in ("validation", "holdout"):
+        low, high = metrics[split]["intervals"]["auroc"]
+        assert low <= metrics[split]["auroc"] <= high
+        assert 0 <= metrics[split]["calibration"]["ece"] <= 1
+    assert metrics["calibration"]["temperature"] > 0
+    assert len(metrics["selection"]) == members
+    assert {m["seed"] for m in metrics["selection"]} == {
+        metrics["params"]["seed"] + k for k in range(members)
+    }
 
 
 def test_a_second_run_is_refused_while_one_is_queued(tmp_path: Path, small_reference: Path) -> None:
@@ -135,6 +183,35 @@ def test_training_without_reference_data_is_refused(settings: Settings) -> None:
     response = api_client(create_app(settings)).post("/v1/training-runs", json={})
     assert response.status_code == 400
     assert "PNEUMOSCAN_DATA_DIR" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("preprocessing", "clahe", "unknown preprocessing"),
+        ("optimizer", "adam", "optimizer"),
+        ("ensemble", 9, "ensemble"),
+        ("tta_views", 0, "tta_views"),
+        ("label_smoothing", 0.5, "label_smoothing"),
+    ],
+)
+def test_a_run_with_a_bad_lever_is_refused_with_the_reason(
+    tmp_path: Path, small_reference: Path, field: str, value: object, says: str
+) -> None:
+    stack = training_stack(tmp_path, small_reference)
+    try:
+        response = stack.client.post("/v1/training-runs", json={field: value})
+        assert response.status_code == 400, response.get_json()
+        assert says in json_text(response.get_json())
+        assert stack.client.get("/v1/training-runs").get_json()["items"] == []
+    finally:
+        stack.close()
+
+
+def json_text(body: dict) -> str:
+    import json
+
+    return json.dumps(body)
 
 
 def intensity_model(path: Path, sign: float) -> Path:
@@ -161,7 +238,8 @@ def test_gate_activates_a_better_candidate_keeps_a_worse_one_and_rollback_works(
     from api import create_app
 
     db, storage = Database(settings.database_url), Storage(settings.storage_dir)
-    holdout, _ = load_arrays(read_labelled_folder(small_reference), 75, 4, 10**9)
+    samples = read_labelled_folder(small_reference)
+    holdout, _ = load_arrays(samples, 75, 4, 10**9)
     with db.session() as session:
         # A threshold of 0 calls everything pneumonia: sensitivity 1, so only AUROC decides.
         bright = registry.import_model(
@@ -177,16 +255,21 @@ def test_gate_activates_a_better_candidate_keeps_a_worse_one_and_rollback_works(
     }
     better, worse = sorted(scores, key=scores.__getitem__, reverse=True)
     assert scores[better] > scores[worse] + 0.02  # mirror images: AUROC a and 1 - a
-    rules = {
-        "min_sensitivity": 0.95,
-        "auroc_margin": 0.01,
-        "policy": "if-better",
-        "keep_inactive": 5,
-    }
+    rules = GateRules(
+        min_sensitivity=0.95, auroc_margin=0.01, specificity_margin=0.02, policy="if-better"
+    )
+    measuring = {"threads": 4, "max_pixels": 10**9, "keep_inactive": 5}
     with db.session() as session:
         registry.activate(session, better)
     kept = promote_if_allowed(
-        db, storage, worse, {"auroc": scores[worse], "sensitivity": 1.0}, holdout, **rules
+        db,
+        storage,
+        worse,
+        {"auroc": scores[worse], "sensitivity": 1.0},
+        None,
+        samples,
+        rules,
+        **measuring,
     )
     assert not kept.activate
     assert kept.active_metrics is not None
@@ -194,7 +277,14 @@ def test_gate_activates_a_better_candidate_keeps_a_worse_one_and_rollback_works(
     with db.session() as session:
         registry.activate(session, worse)
     promoted = promote_if_allowed(
-        db, storage, better, {"auroc": scores[better], "sensitivity": 1.0}, holdout, **rules
+        db,
+        storage,
+        better,
+        {"auroc": scores[better], "sensitivity": 1.0},
+        None,
+        samples,
+        rules,
+        **measuring,
     )
     assert promoted.activate
     client = api_client(create_app(settings))
@@ -413,30 +503,15 @@ def test_beat_schedule_follows_the_cron_setting(tmp_path: Path) -> None:
     assert (schedule.minute, schedule.hour, schedule.day_of_week) == ({30}, {3}, {1, 2, 3, 4, 5})
 
 
-def test_evaluate_prints_the_metrics_of_a_version_as_json(
-    settings: Settings, small_reference: Path, baseline_model: Path
-) -> None:
+def evaluate_cli(settings: Settings, *arguments: str) -> tuple[dict, str]:
     import json
     import subprocess
     import sys
 
     from tests.support import REPO, settings_env
 
-    with Database(settings.database_url).session() as session:
-        version = registry.import_model(
-            session, Storage(settings.storage_dir), baseline_model
-        ).version
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core.cli",
-            "evaluate",
-            "--data",
-            str(small_reference),
-            "--model",
-            version,
-        ],
+        [sys.executable, "-m", "core.cli", "evaluate", *arguments],
         env=settings_env(settings),
         cwd=REPO,
         capture_output=True,
@@ -444,7 +519,17 @@ def test_evaluate_prints_the_metrics_of_a_version_as_json(
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    return json.loads(result.stdout), result.stderr
+
+
+def test_evaluate_prints_the_metrics_of_a_version_as_json(
+    settings: Settings, small_reference: Path, baseline_model: Path
+) -> None:
+    with Database(settings.database_url).session() as session:
+        version = registry.import_model(
+            session, Storage(settings.storage_dir), baseline_model
+        ).version
+    report, table = evaluate_cli(settings, "--data", str(small_reference), "--model", version)
     assert report["model_version"] == version
     assert report["n"] == 60
     assert report["images"] == {"NORMAL": 30, "PNEUMONIA": 30}
@@ -456,8 +541,59 @@ def test_evaluate_prints_the_metrics_of_a_version_as_json(
         "f1",
         "auroc",
         "confusion_matrix",
+        "calibration",
     ):
         assert key in report
+    for key in ("auroc", "accuracy", "sensitivity", "specificity"):
+        low, high = report["intervals"][key]
+        assert low <= report[key] <= high
+    assert "stressed" not in report
+    assert f"model {version}" in table
+
+
+def test_evaluate_with_stress_prints_each_change_the_worst_and_the_full_size_images(
+    settings: Settings, small_reference: Path, shared_data: Path, baseline_model: Path
+) -> None:
+    from training.data import read_labelled_folder
+    from training.stress import CHANGES
+    from training.train import patients_of_split
+
+    with Database(settings.database_url).session() as session:
+        version = registry.import_model(
+            session, Storage(settings.storage_dir), baseline_model
+        ).version
+    origres = shared_data / "origres"
+    report, table = evaluate_cli(
+        settings,
+        "--data",
+        str(small_reference),
+        "--model",
+        version,
+        "--stress",
+        "--split",
+        "holdout",
+        "--origres",
+        str(origres),
+    )
+    held_out = patients_of_split(read_labelled_folder(small_reference), "holdout")
+    assert held_out
+    assert report["split"] == "holdout"
+    assert sum(report["images"].values()) == report["n"] < 60
+    stressed = report["stressed"]
+    assert set(stressed["changes"]) == set(CHANGES)
+    assert stressed["worst_auroc"] == min(c["auroc"] for c in stressed["changes"].values())
+    assert stressed["n"] == report["n"]
+    for name in CHANGES:
+        assert name in table
+    assert "stressed" in table
+    # Full-size images of exactly the held-out patients, decoded as scoring decodes them.
+    full_size = [s for s in read_labelled_folder(origres) if s.patient in held_out]
+    assert full_size
+    assert report["origres"]["n"] == len(full_size)
+    assert report["origres"]["images"] == {
+        name: sum(1 for s in full_size if s.label == label)
+        for label, name in enumerate(("NORMAL", "PNEUMONIA"))
+    }
 
 
 def test_a_run_whose_worker_was_lost_stops_blocking_after_the_stale_limit(

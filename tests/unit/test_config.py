@@ -28,7 +28,15 @@ def test_environment_switches_to_postgresql_and_redis(monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("broker_url", "kafka://x"), ("database_url", "not a url"), ("batch_size", 0)],
+    [
+        ("broker_url", "kafka://x"),
+        ("database_url", "not a url"),
+        ("batch_size", 0),
+        ("train_preprocessing", "clahe"),
+        ("train_optimizer", "adam"),
+        ("train_tta_views", 7),
+        ("train_augment", "strong"),
+    ],
 )
 def test_invalid_settings_are_refused_at_start(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=field):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from training.evaluate import auroc, binary_metrics, choose_threshold
-from training.gate import gate_decision
+from training.gate import GateRules, gate_decision
 
 
 def pairwise_auroc(y: np.ndarray, s: np.ndarray) -> float:
@@ -46,7 +46,7 @@ def test_binary_metrics_follow_their_definitions() -> None:
     assert m["f1"] == pytest.approx(1 / 2)
 
 
-RULES = {"min_sensitivity": 0.9, "auroc_margin": 0.01}
+RULES = {"min_sensitivity": 0.9, "auroc_margin": 0.01, "specificity_margin": 0.02}
 
 
 @pytest.mark.parametrize(
@@ -62,6 +62,29 @@ RULES = {"min_sensitivity": 0.9, "auroc_margin": 0.01}
     ],
 )
 def test_gate_rules(candidate: dict, active: dict | None, policy: str, activate: bool) -> None:
-    decision = gate_decision(candidate, active, policy=policy, **RULES)
+    decision = gate_decision(candidate, active, GateRules(policy=policy, **RULES))
     assert decision.activate is activate
     assert decision.reason
+
+
+ROBUST = {"mean_auroc": 0.95, "specificity": 0.80}
+
+
+@pytest.mark.parametrize(
+    ("stressed", "activate", "says"),
+    [
+        ({"mean_auroc": 0.96, "specificity": 0.85}, True, "within the margins"),
+        ({"mean_auroc": 0.945, "specificity": 0.79}, True, "within the margins"),
+        ({"mean_auroc": 0.90, "specificity": 0.85}, False, "stressed holdout mean AUROC"),
+        ({"mean_auroc": 0.97, "specificity": 0.70}, False, "stressed holdout specificity"),
+    ],
+)
+def test_a_candidate_better_on_the_clean_holdout_but_worse_under_stress_is_not_promoted(
+    stressed: dict, activate: bool, says: str
+) -> None:
+    better_clean = {"auroc": 0.99, "sensitivity": 0.97}
+    decision = gate_decision(
+        better_clean, {"auroc": 0.95}, GateRules(policy="if-better", **RULES), stressed, ROBUST
+    )
+    assert decision.activate is activate
+    assert says in decision.reason
