@@ -40,7 +40,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from common import REPO, write_results
+from common import REPO, cpu_model, write_results
 
 LEVERS: dict[str, dict[str, Any]] = {
     "writeup": {},
@@ -188,7 +188,7 @@ def figures(name: str, metrics: dict[str, Any], version: str | None, seconds: fl
     return {
         "name": name,
         "version": version,
-        "machine": f"{os.cpu_count()} CPUs, {_cpu()}",
+        "machine": f"{os.cpu_count()} CPUs, {cpu_model()}",
         "seconds": round(seconds),
         "params": metrics.get("params"),
         "selection": metrics.get("selection"),
@@ -220,13 +220,6 @@ def _stressed(m: dict[str, Any]) -> dict[str, Any]:
         "intervals": m["intervals"],
         "changes": m["changes"],
     }
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return os.uname().machine
 
 
 def table() -> None:

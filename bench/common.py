@@ -104,6 +104,14 @@ def stop(*processes: subprocess.Popen[bytes]) -> None:
         process.wait(60)
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def write_results(kind: str, figures: dict[str, Any]) -> None:
     out = REPO / "bench" / "results" / f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 import numpy as np
 from common import (
+    cpu_model,
     origres_images,
     run_cli,
     service_env,
@@ -75,13 +76,6 @@ WORKER_SETTINGS = (
 def step(what: str) -> None:
     """Progress on stderr: a full run takes minutes."""
     print(f"[{datetime.now():%H:%M:%S}] {what}", file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def summary(values: list[float]) -> dict[str, float]:

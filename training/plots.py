@@ -40,9 +40,7 @@ def _plot_confusion(plt: Any, cm: dict[str, int], path: Path) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title("holdout confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _plot_roc(plt: Any, holdout: dict[str, Any], path: Path) -> None:
@@ -63,9 +61,7 @@ def _plot_roc(plt: Any, holdout: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("sensitivity")
     ax.set_title("holdout ROC")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _plot_reliability(plt: Any, metrics: dict[str, Any], path: Path) -> None:
@@ -89,9 +85,7 @@ def _plot_reliability(plt: Any, metrics: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("observed rate of pneumonia")
     ax.set_title("reliability")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _plot_history(plt: Any, history: list[dict[str, float]], path: Path) -> None:
@@ -111,6 +105,10 @@ def _plot_history(plt: Any, history: list[dict[str, float]], path: Path) -> None
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(title)
         ax.legend()
+    _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -92,12 +92,13 @@ def models_list(ctx: click.Context) -> None:
 
     with Database(settings_of(ctx).database_url).session() as session:
         rows = registry.list_versions(session)
-        header = ("VERSION", "STATUS", "ARCHITECTURE", "SIZE", "THRESHOLD", "CREATED")
-        click.echo("{:<28} {:<10} {:<20} {:>4} {:>9}  {}".format(*header))
+        header = ("VERSION", "STATUS", "ARCHITECTURE", "SIZE", "INPUT", "THRESHOLD", "CREATED")
+        click.echo("{:<28} {:<10} {:<20} {:>4} {:<15} {:>9}  {}".format(*header))
         for row in rows:
             click.echo(
                 f"{row.version:<28} {row.status:<10} {row.architecture or '-':<20} "
-                f"{row.input_size:>4} {row.threshold:>9.3f}  {row.created_at:%Y-%m-%d %H:%M}"
+                f"{row.input_size:>4} {row.preprocessing:<15} {row.threshold:>9.3f}  "
+                f"{row.created_at:%Y-%m-%d %H:%M}"
             )
 
 
@@ -260,6 +261,7 @@ def evaluate(
     from core.storage import Storage
     from training.data import class_counts, read_labelled_folder
     from training.evaluate import evaluate_samples, load_version
+    from training.stress import CHANGES
     from training.train import patients_of_split
 
     settings = settings_of(ctx)
@@ -283,6 +285,8 @@ def evaluate(
     }
     network = load_version(Storage(settings.storage_dir), row)
     samples = [s for s in reference if patients is None or s.patient in patients]
+    copies = f", each also under {len(CHANGES)} changes" if stress else ""
+    click.echo(f"measuring {row.version} on {len(samples)} images{copies}", err=True)
     report = {
         "model_version": row.version,
         "data": str(data),

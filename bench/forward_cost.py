@@ -1,0 +1,93 @@
+"""What a model's forward pass costs against today's: ensembles, test-time views, input size.
+
+    .venv/bin/python bench/forward_cost.py [--rounds 3] [--images 512]
+
+Every variant is a real InceptionResNetV2 (random weights: speed does not depend on them),
+called at the scoring batch size (64) on the same padded batches as the workers call it.
+The variants are timed in turn within each round, so the machine's drift touches them alike;
+the figure to read is each variant's time per image over the single 75 px model's, the
+median over the rounds. Results go to bench/results/forward-cost-*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from common import cpu_model, write_results
+
+BATCH = 64
+VARIANTS = {
+    "single 75 px (today)": {"size": 75, "members": 1, "views": 1},
+    "ensemble of 2, 75 px": {"size": 75, "members": 2, "views": 1},
+    "6 test-time views, 75 px": {"size": 75, "members": 1, "views": 6},
+    "single 128 px": {"size": 128, "members": 1, "views": 1},
+}
+
+
+def build(size: int, members: int, views: int) -> Any:
+    from training.model import averaged, make_model
+
+    networks = [make_model("inception_resnet_v2", size) for _ in range(members)]
+    if members == 1 and views == 1:
+        return networks[0]
+    return averaged(networks, views)
+
+
+def seconds_per_image(network: Any, inputs: np.ndarray) -> float:
+    from core.inference import predict_padded
+
+    started = time.perf_counter()
+    predict_padded(network, inputs, BATCH)
+    return (time.perf_counter() - started) / len(inputs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=512)
+    args = parser.parse_args()
+    from core.inference import configure_tensorflow
+
+    configure_tensorflow(0, 0)
+    rng = np.random.default_rng(0)
+    models, inputs = {}, {}
+    for name, shape in VARIANTS.items():
+        models[name] = build(**shape)
+        size = shape["size"]
+        inputs[name] = rng.integers(0, 256, (args.images, size, size, 3)).astype(np.float32)
+        seconds_per_image(models[name], inputs[name][:BATCH])  # trace the batch shape
+        print(f"built {name}", flush=True)
+    timings: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for round_number in range(args.rounds):
+        for name in VARIANTS:
+            timings[name].append(seconds_per_image(models[name], inputs[name]))
+        print(f"round {round_number + 1}/{args.rounds} done", flush=True)
+    base = "single 75 px (today)"
+    ratios = {
+        name: statistics.median(t / b for t, b in zip(times, timings[base], strict=True))
+        for name, times in timings.items()
+    }
+    figures = {
+        "machine": f"{os.cpu_count()} CPUs, {cpu_model()}",
+        "batch": BATCH,
+        "images": args.images,
+        "rounds": args.rounds,
+        "images_per_second": {n: round(1 / statistics.median(t), 1) for n, t in timings.items()},
+        "cost_vs_today": {name: round(ratio, 2) for name, ratio in ratios.items()},
+        "seconds_per_image": timings,
+    }
+    for name in VARIANTS:
+        print(
+            f"{name:<28} {figures['images_per_second'][name]:>7.1f} images/s  "
+            f"{figures['cost_vs_today'][name]:>5.2f}x today's forward pass"
+        )
+    write_results("forward-cost", figures)
+
+
+if __name__ == "__main__":
+    main()
