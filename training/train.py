@@ -27,7 +27,7 @@ from core.storage import Storage
 from core.training_runs import TrainingParams, finish_run, record_epoch, start_run
 from training.augment import augmenter
 from training.batchnorm import recalibrate_batch_norm
-from training.calibration import apply_temperature, fit_temperature, reliability, scaled
+from training.calibration import calibrate_network, fit_calibration, reliability
 from training.data import (
     CLASSES,
     Arrays,
@@ -306,14 +306,20 @@ def _train_members(
 
 
 def calibrate(network: Any, validation: Arrays) -> dict[str, float]:
-    """Fit a temperature on validation and divide the network's logit by it, in place."""
+    """Fit a temperature and an offset on validation and apply them to the network, in place;
+    the calibration error before, with the temperature alone, and with both, is recorded."""
     scores = predict(network, validation)
-    temperature = fit_temperature(validation.y, scores)
-    apply_temperature(network, temperature)
+    fitted = fit_calibration(validation.y, scores)
+    temperature_only = fit_calibration(validation.y, scores, offset=False)
+    calibrate_network(network, fitted)
     return {
-        "temperature": round(temperature, 4),
+        "temperature": round(fitted.temperature, 4),
+        "offset": round(fitted.offset, 4),
         "validation_ece_before": reliability(validation.y, scores)["ece"],
-        "validation_ece_after": reliability(validation.y, scaled(scores, temperature))["ece"],
+        "validation_ece_temperature_only": reliability(
+            validation.y, temperature_only.apply(scores)
+        )["ece"],
+        "validation_ece_after": reliability(validation.y, fitted.apply(scores))["ece"],
     }
 
 

@@ -1,31 +1,39 @@
-"""Temperature scaling, calibration error and the temperature baked into a real network."""
+"""Calibration: temperature and offset fitted, the calibration error, and the calibration
+baked into a real network's last layer."""
 
 import numpy as np
 import pytest
 
-from training.calibration import apply_temperature, fit_temperature, reliability, scaled
+from training.calibration import Calibration, calibrate_network, fit_calibration, reliability
 
 
-def overconfident(temperature: float, n: int = 20000, seed: int = 4) -> tuple[np.ndarray, ...]:
-    """Labels drawn from sigmoid(z / T) but reported as sigmoid(z): overconfident for T > 1."""
+def miscalibrated(
+    temperature: float, offset: float = 0.0, n: int = 20000, seed: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from sigmoid(z / T + b) but reported as sigmoid(z)."""
     rng = np.random.default_rng(seed)
     z = rng.normal(0, 4, n)
-    y = (rng.random(n) < 1 / (1 + np.exp(-z / temperature))).astype(float)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(z / temperature + offset)))).astype(float)
     return y, 1 / (1 + np.exp(-z))
 
 
-def test_the_fitted_temperature_is_the_one_that_made_the_data() -> None:
-    for truth in (0.5, 1.0, 2.5):
-        y, reported = overconfident(truth)
-        assert fit_temperature(y, reported) == pytest.approx(truth, rel=0.08)
+def test_the_fitted_temperature_and_offset_are_the_ones_that_made_the_data() -> None:
+    for truth in (Calibration(0.5, 0.0), Calibration(2.5, 0.0), Calibration(2.0, 1.1)):
+        y, reported = miscalibrated(truth.temperature, truth.offset)
+        fitted = fit_calibration(y, reported)
+        assert fitted.temperature == pytest.approx(truth.temperature, rel=0.08)
+        assert fitted.offset == pytest.approx(truth.offset, abs=0.1)
 
 
-def test_scaling_by_the_fitted_temperature_removes_the_calibration_error() -> None:
-    y, reported = overconfident(2.5)
+def test_a_prior_shift_from_class_weights_needs_the_offset_not_only_a_temperature() -> None:
+    """Class weights make a model answer as if the classes were equally common: an offset."""
+    y, reported = miscalibrated(2.0, offset=1.1)
     before = reliability(y, reported)["ece"]
-    after = reliability(y, scaled(reported, fit_temperature(y, reported)))["ece"]
+    temperature_only = reliability(y, fit_calibration(y, reported, offset=False).apply(reported))
+    both = reliability(y, fit_calibration(y, reported).apply(reported))
     assert before > 0.1
-    assert after < 0.02
+    assert temperature_only["ece"] > 0.04
+    assert both["ece"] < 0.02
 
 
 def test_reliability_bins_count_every_prediction_and_report_the_observed_rate() -> None:
@@ -39,7 +47,7 @@ def test_reliability_bins_count_every_prediction_and_report_the_observed_rate() 
     assert table["ece"] == pytest.approx(expected, abs=1e-4)
 
 
-def test_a_temperature_baked_into_the_last_layer_scales_the_networks_logit() -> None:
+def test_a_calibration_baked_into_the_last_layer_changes_the_networks_logit_so() -> None:
     import keras
 
     inputs = keras.Input((4,))
@@ -47,9 +55,10 @@ def test_a_temperature_baked_into_the_last_layer_scales_the_networks_logit() -> 
     network = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
     x = np.random.default_rng(0).normal(0, 3, (32, 4)).astype(np.float32)
     before = network.predict_on_batch(x)[:, 0]
-    apply_temperature(network, 3.0)
+    calibration = Calibration(temperature=3.0, offset=0.7)
+    calibrate_network(network, calibration)
     after = network.predict_on_batch(x)[:, 0]
-    np.testing.assert_allclose(after, scaled(before, 3.0), atol=1e-5)
+    np.testing.assert_allclose(after, calibration.apply(before), atol=1e-5)
     linear = keras.Model(inputs, keras.layers.Dense(1)(inputs))
     with pytest.raises(ValueError, match="sigmoid"):
-        apply_temperature(linear, 2.0)
+        calibrate_network(linear, calibration)
