@@ -54,8 +54,10 @@ class Preprocessing:
     """What happens between the decoded grayscale image and the model's input, per version.
 
     `trim`: the fraction cut from each edge before resizing (film borders, collimation,
-    lead markers). `equalize`: global histogram equalisation of the trimmed image, which makes
-    the input the same under any monotonic change of brightness, contrast or gamma. Written as
+    lead markers). `equalize`: histogram equalisation of the trimmed image, which makes the
+    input the same under any monotonic change of brightness, contrast or gamma; the histogram
+    is taken over the central window only (`EQUALIZE_MARGIN` off each edge), so a black frame,
+    a label or a ruler at the border does not decide how the lungs are mapped. Written as
     a short name (`squash`, `equalize`, `trim8`, `trim8+equalize`) on the model version.
     """
 
@@ -92,6 +94,7 @@ class Preprocessing:
 
 SQUASH = "squash"
 DEFAULT_PREPROCESSING = Preprocessing()
+EQUALIZE_MARGIN = 0.2
 
 
 def preprocess(
@@ -111,10 +114,18 @@ def prepare(
         dx, dy = round(width * recipe.trim), round(height * recipe.trim)
         gray = gray.crop((dx, dy, width - dx, height - dy))
     if recipe.equalize:
-        gray = ImageOps.equalize(gray)
+        gray = ImageOps.equalize(gray, _central_window(gray.size))
     resized = gray.resize((size, size), Image.Resampling.BILINEAR)
     pixels = np.asarray(resized, dtype=np.uint8)
     return np.repeat(pixels[:, :, np.newaxis], 3, axis=2)
+
+
+def _central_window(size: tuple[int, int]) -> Image.Image:
+    width, height = size
+    dx, dy = round(width * EQUALIZE_MARGIN), round(height * EQUALIZE_MARGIN)
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (dx, dy, width - dx, height - dy))
+    return mask
 
 
 def load_model_input(

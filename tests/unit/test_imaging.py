@@ -141,3 +141,26 @@ def test_decoding_and_preprocessing_apart_give_the_scoring_input(tmp_path: Path)
     assert decoded.width < 640  # drafted: decoded at a reduced scale
     together = decode_for_model(path, JPEG, 75, MAX_PIXELS, recipe=recipe)
     np.testing.assert_array_equal(prepare(decoded, 75, recipe), together)
+
+
+def test_equalisation_is_not_decided_by_a_black_frame_around_the_film(shared_data: Path) -> None:
+    """A zoomed-out film (content shrunk, black around it) keeps the mapping of its lungs."""
+    from PIL import ImageOps
+
+    from training.stress import CHANGES
+
+    def film_part(pixels: np.ndarray) -> np.ndarray:
+        return pixels[11:101, 11:101].astype(int)  # where the shrunk film lies in 112 px
+
+    ours, whole_histogram = [], []
+    for path in sorted((shared_data / "kermany224" / "NORMAL").iterdir())[:20]:
+        with Image.open(path) as opened:
+            film = opened.convert("L").resize((112, 112))
+        framed = CHANGES["zoom 0.8"](film)
+        shrunk = film.resize((90, 90))
+        expected = np.asarray(prepare(shrunk, 90, Preprocessing(equalize=True))[:, :, 0], int)
+        got = film_part(prepare(framed, 112, Preprocessing(equalize=True))[:, :, 0])
+        plain = film_part(np.asarray(ImageOps.equalize(framed)))
+        ours.append(np.abs(got - expected).mean())
+        whole_histogram.append(np.abs(plain - expected).mean())
+    assert np.mean(ours) < 0.35 * np.mean(whole_histogram)
