@@ -43,22 +43,44 @@ def fit_calibration(y: np.ndarray, probabilities: np.ndarray, offset: bool = Tru
     """The temperature (and offset) minimising the log loss on these labels.
 
     The loss is convex in (1/T, b): a logistic regression on the logit, solved by Newton's
-    method from (1, 0) in a few steps. `offset=False` fits the temperature alone.
+    method from (1, 0), each step halved until the loss falls. Nearly separable validation
+    scores have no finite best temperature (the loss keeps falling as T shrinks), so a small
+    pull towards (1, 0) keeps the answer finite, and both stay within `_BOUNDS`.
+    `offset=False` fits the temperature alone.
     """
     z, target = logits(probabilities), y.astype(np.float64)
     features = np.stack([z, np.ones_like(z)], axis=1) if offset else z[:, None]
-    weights = np.r_[1.0, 0.0][: features.shape[1]]
+    prior = np.r_[1.0, 0.0][: features.shape[1]]
+    low, high = (np.array(bound)[: features.shape[1]] for bound in _BOUNDS)
+
+    def loss(w: np.ndarray) -> float:
+        margin = features @ w
+        nll = np.mean(np.logaddexp(0.0, margin) - target * margin)
+        return float(nll + _PULL * np.sum((w - prior) ** 2))
+
+    weights = prior.copy()
     for _ in range(100):
         p = 1 / (1 + np.exp(-features @ weights))
-        gradient = features.T @ (p - target) / len(z)
+        gradient = features.T @ (p - target) / len(z) + 2 * _PULL * (weights - prior)
         curvature = (features * (p * (1 - p))[:, None]).T @ features / len(z)
-        curvature += 1e-9 * np.eye(len(weights))
-        step = np.linalg.solve(curvature, gradient)
-        weights = weights - step
-        weights[0] = float(np.clip(weights[0], 1e-3, 1e3))
-        if np.max(np.abs(step)) < 1e-10:
+        step = np.linalg.solve(curvature + 2 * _PULL * np.eye(len(weights)), gradient)
+        current, scale = loss(weights), 1.0
+        while scale > 1e-6:
+            candidate = np.clip(weights - scale * step, low, high)
+            if loss(candidate) <= current:
+                break
+            scale /= 2
+        else:
+            break
+        moved = np.max(np.abs(candidate - weights))
+        weights = candidate
+        if moved < 1e-10:
             break
     return Calibration(1.0 / float(weights[0]), float(weights[1]) if offset else 0.0)
+
+
+_PULL = 1e-4  # per parameter, against a mean log loss of about 0.1
+_BOUNDS = ((0.05, -10.0), (20.0, 10.0))  # (1/T, b): T between 0.05 and 20
 
 
 def reliability(y: np.ndarray, probabilities: np.ndarray, bins: int = BINS) -> dict[str, Any]:

@@ -62,3 +62,29 @@ def test_a_calibration_baked_into_the_last_layer_changes_the_networks_logit_so()
     linear = keras.Model(inputs, keras.layers.Dense(1)(inputs))
     with pytest.raises(ValueError, match="sigmoid"):
         calibrate_network(linear, calibration)
+
+
+def test_nearly_separable_scores_get_a_finite_calibration_that_keeps_the_ranking() -> None:
+    """Seen in a real run: validation AUROC 0.99 sent an unguarded Newton to T = 0.001."""
+    rng = np.random.default_rng(9)
+    y = (rng.random(667) < 0.74).astype(float)
+    z = np.where(y == 1, rng.normal(4, 1.5, 667), rng.normal(-4, 1.5, 667))
+    z[:3] = [-1.0, -0.5, 0.2]  # a few overlaps, as in any real validation set
+    reported = 1 / (1 + np.exp(-z))
+    fitted = fit_calibration(y, reported)
+    assert 0.05 <= fitted.temperature <= 20
+    assert -10 <= fitted.offset <= 10
+    calibrated = fitted.apply(reported)
+    assert np.all(np.isfinite(calibrated))
+    assert np.array_equal(
+        np.argsort(calibrated, kind="stable"), np.argsort(reported, kind="stable")
+    )
+    assert reliability(y, calibrated)["ece"] <= reliability(y, reported)["ece"] + 1e-9
+
+
+def test_perfectly_separated_scores_do_not_send_the_temperature_to_zero() -> None:
+    y = np.r_[np.zeros(50), np.ones(150)]
+    reported = np.r_[np.full(50, 0.2), np.full(150, 0.8)]
+    fitted = fit_calibration(y, reported)
+    assert fitted.temperature >= 0.05
+    assert np.all(np.isfinite(fitted.apply(reported)))
