@@ -305,13 +305,23 @@ def _train_members(
     return averaged(members, params.tta_views), history, selection
 
 
-def calibrate(network: Any, validation: Arrays) -> dict[str, float]:
+def calibrate(network: Any, validation: Arrays) -> dict[str, Any]:
     """Fit a temperature and an offset on validation and apply them to the network, in place;
-    the calibration error before, with the temperature alone, and with both, is recorded."""
+    the calibration error before, with the temperature alone, and with both, is recorded.
+
+    Calibration must not change the ranking: if the calibrated network ranks validation worse
+    (float32 saturating at an extreme temperature would tie its top scores), it is undone."""
     scores = predict(network, validation)
     fitted = fit_calibration(validation.y, scores)
     temperature_only = fit_calibration(validation.y, scores, offset=False)
+    last = network.layers[-1]
+    original = last.get_weights()
     calibrate_network(network, fitted)
+    before, after = auroc(validation.y, scores), auroc(validation.y, predict(network, validation))
+    if before is not None and (after is None or after < before - 1e-3):
+        last.set_weights(original)
+        log.warning("calibration undone: validation AUROC %s became %s", before, after)
+        return {"undone": f"validation AUROC {before:.4f} became {after} when calibrated"}
     return {
         "temperature": round(fitted.temperature, 4),
         "offset": round(fitted.offset, 4),
