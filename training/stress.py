@@ -129,9 +129,11 @@ CHANGES: dict[str, Change] = {
     "jpeg q10": _jpeg(10),
     "down-up 1/4": _down_up(0.25),
 }
-# The changes of a kind the `robust` augmentation applies (crops, exposure), at other sizes.
+# The changes of a kind the `robust` augmentation applies (crops, exposure), at other sizes,
+# and those `robust-resolution` adds (a softer, coarser image) at other sizes.
 RANDOM_CROP_LIKE = frozenset({"zoom 1.2", "shifted crop"})
 INTENSITY_LIKE = frozenset({"gamma 0.6", "gamma 1.6", "contrast -40%", "contrast +40%"})
+RESOLUTION_LIKE = frozenset({"blur", "down-up 1/4"})
 
 
 def stressed_arrays(

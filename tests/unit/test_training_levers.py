@@ -89,6 +89,26 @@ def test_robust_augmentation_crops_and_jitters_each_image_differently() -> None:
     assert not np.allclose(out[0], out[1], atol=2)
 
 
+def test_resolution_jitter_softens_about_half_of_a_batch_and_leaves_the_rest() -> None:
+    import tensorflow as tf
+
+    from training.augment import resolution_jitter
+
+    tf.random.set_seed(3)
+    checkerboard = (np.indices((32, 32)).sum(axis=0) % 2 * 255).astype(np.float32)
+    batch = tf.constant(np.repeat(checkerboard[None, :, :, None], 3, axis=3)[[0] * 64])
+    out = resolution_jitter(batch).numpy()
+    untouched = [np.array_equal(image, batch[0].numpy()) for image in out]
+    # A pixel-sized checkerboard does not survive a smaller size: softened images lose its
+    # contrast, the others are the input itself.
+    softened = [image.std() < 100 for image, same in zip(out, untouched, strict=True) if not same]
+    assert 16 <= sum(untouched) <= 48
+    assert softened
+    assert all(softened)
+    assert out.min() >= 0.0
+    assert out.max() <= 255.0
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "sgd-cosine", "adamw-cosine"])
 def test_each_optimizer_trains_a_small_model(optimizer: str) -> None:
     network = make_model("baseline_cnn", 32)
