@@ -5,7 +5,7 @@
     .venv/bin/python bench/ablation.py posthoc robust+equalize+adamw --batch-norm
     .venv/bin/python bench/ablation.py posthoc robust+equalize+adamw --views 6
     .venv/bin/python bench/ablation.py posthoc robust+equalize+adamw --with robust+equalize+adamw@1
-    .venv/bin/python bench/ablation.py table
+    .venv/bin/python bench/ablation.py table [--markdown [VARIANT ...]]
 
 `train NAME` trains a variant through `run_training`, the code path of every training run
 (`--activate never`, on a home of its own under var/ablation), so it is measured exactly as a
@@ -27,7 +27,8 @@ and the stressed holdout, each with 95 % intervals. A name joins levers with `+`
 `posthoc NAME` loads the model `train NAME` saved and applies what needs no new training
 (BatchNorm recalibration, test-time views, averaging with other variants' models), then
 re-fits the temperature and the threshold on validation and measures as training does.
-Each result is a JSON file in bench/results/ablation-*.json; `table` prints the newest of each.
+Each result is a JSON file in bench/results/ablation-*.json; `table` prints the newest of each,
+`table --markdown` the model card's table (with the stressed figures' 95 % intervals).
 ABLATION_HOME moves the bench's home (default var/ablation).
 """
 
@@ -224,17 +225,22 @@ def _stressed(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def table() -> None:
+def newest_results() -> dict[str, dict[str, Any]]:
+    """The newest result of each variant in bench/results/."""
     newest: dict[str, dict[str, Any]] = {}
     for path in sorted((REPO / "bench" / "results").glob("ablation-*.json")):
         result = json.loads(path.read_text())
         newest[result["name"]] = result
+    return newest
+
+
+def table() -> None:
     header = (
         f"{'variant':<44} {'val AUROC':>9} {'str AUROC':>9} {'worst':>6} "
         f"{'str spec':>8} {'spec@.95':>8} {'hold AUROC':>10} {'hold spec':>9} {'ECE':>5} {'min':>5}"
     )
     print(header)
-    for name, r in newest.items():
+    for name, r in newest_results().items():
         v, vs, h = r["validation"], r["validation_stressed"], r["holdout"]
         print(
             f"{name:<44} {v['auroc']:>9.4f} {vs['mean_auroc']:>9.4f} {vs['worst_auroc']:>6.3f} "
@@ -247,6 +253,36 @@ def table() -> None:
         "spec: specificity at the version's threshold; spec@.95: specificity at 0.95 "
         "sensitivity chosen on each stressed set; min: minutes of the run"
     )
+
+
+def markdown(names: list[str]) -> str:
+    """The model card's ablation table: the variants named (all, in file order, if none),
+    with the 95 % intervals of the stressed figures."""
+    results = newest_results()
+    missing = [name for name in names if name not in results]
+    if missing:
+        raise SystemExit(f"no results for {', '.join(missing)}")
+    lines = [
+        "| variant | val AUROC | stressed mean AUROC | stressed worst AUROC | "
+        "stressed spec. at threshold | worst spec. (change) | holdout AUROC | val ECE | min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in names or list(results):
+        r = results[name]
+        v, vs, h = r["validation"], r["validation_stressed"], r["holdout"]
+        lines.append(
+            f"| `{name}` | {v['auroc']:.4f} | {_with_interval(vs, 'mean_auroc', 4)} | "
+            f"{vs['worst_auroc']:.3f} ({vs['worst_auroc_change']}) | "
+            f"{_with_interval(vs, 'specificity', 3)} | "
+            f"{vs['worst_specificity']:.3f} ({vs['worst_specificity_change']}) | "
+            f"{h['auroc']:.4f} | {v['ece']:.3f} | {r['seconds'] / 60:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _with_interval(figures: dict[str, Any], key: str, digits: int) -> str:
+    low, high = figures["intervals"][key]
+    return f"{figures[key]:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
 def main() -> None:
@@ -263,7 +299,10 @@ def main() -> None:
     post.add_argument("--with", dest="others", action="append", default=[])
     post.add_argument("--batch-norm", action="store_true")
     post.add_argument("--views", type=int, default=1)
-    sub.add_parser("table")
+    table_cmd = sub.add_parser("table")
+    table_cmd.add_argument(
+        "--markdown", nargs="*", metavar="VARIANT", help="the model card's table of these variants"
+    )
     for command in (train_cmd, post):
         command.add_argument(
             "--data",
@@ -273,7 +312,10 @@ def main() -> None:
         )
     args = parser.parse_args()
     if args.command == "table":
-        table()
+        if args.markdown is not None:
+            print(markdown(args.markdown))
+        else:
+            table()
         return
     if args.command == "train":
         result = train(args.name, args.data.resolve(), args.epochs, args.architecture)
