@@ -15,6 +15,8 @@
   pipeline. The stressed validation's blur and quarter-resolution changes go further than
   that (about 37 % of the side), so they stay beyond anything training shows.
 - `both`: `threshold` and `standard`.
+
+The names are `core.config.AUGMENTATIONS`, which the settings, the API and the CLI check.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from typing import Any
 
 import keras
 
-AUGMENTATIONS = ("none", "threshold", "standard", "robust", "robust-resolution", "both")
 CROP_AREA = (0.35, 1.0)
 CROP_ASPECT = (3 / 4, 4 / 3)
 GAMMA = (0.75, 4 / 3)
