@@ -5,7 +5,7 @@
     .venv/bin/python bench/ablation.py posthoc robust+equalize+adamw --batch-norm
     .venv/bin/python bench/ablation.py posthoc robust+equalize+adamw --views 6
     .venv/bin/python bench/ablation.py posthoc robust+equalize+adamw --with robust+equalize+adamw@1
-    .venv/bin/python bench/ablation.py table [--markdown [VARIANT ...]]
+    .venv/bin/python bench/ablation.py table [--markdown [VARIANT ...]] [--changes VARIANT ...]
 
 `train NAME` trains a variant through `run_training`, the code path of every training run
 (`--activate never`, on a home of its own under var/ablation), so it is measured exactly as a
@@ -28,7 +28,8 @@ and the stressed holdout, each with 95 % intervals. A name joins levers with `+`
 (BatchNorm recalibration, test-time views, averaging with other variants' models), then
 re-fits the temperature and the threshold on validation and measures as training does.
 Each result is a JSON file in bench/results/ablation-*.json; `table` prints the newest of each,
-`table --markdown` the model card's table (with the stressed figures' 95 % intervals).
+`table --markdown` the model card's table (with the stressed figures' 95 % intervals),
+`table --changes` each stressed change's AUROC and specificity at the threshold.
 ABLATION_HOME moves the bench's home (default var/ablation).
 """
 
@@ -280,6 +281,32 @@ def markdown(names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def changes_markdown(names: list[str]) -> str:
+    """Each stressed change's AUROC and specificity at the threshold, per variant; a change
+    of a kind the variant's augmentation applies (at other magnitudes) is marked *."""
+    from training.stress import CHANGES, seen_kinds
+
+    results = newest_results()
+    missing = [name for name in names if name not in results]
+    if missing:
+        raise SystemExit(f"no results for {', '.join(missing)}")
+    lines = [
+        "| change | " + " | ".join(f"`{name}`" for name in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for change in CHANGES:
+        cells = []
+        for name in names:
+            r = results[name]
+            figures = r["validation_stressed"]["changes"][change]
+            seen = change in seen_kinds((r.get("params") or {}).get("augment", ""))
+            cells.append(
+                f"{figures['auroc']:.3f} / {figures['specificity']:.2f}" + (" *" if seen else "")
+            )
+        lines.append(f"| {change} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _with_interval(figures: dict[str, Any], key: str, digits: int) -> str:
     low, high = figures["intervals"][key]
     return f"{figures[key]:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
@@ -303,6 +330,9 @@ def main() -> None:
     table_cmd.add_argument(
         "--markdown", nargs="*", metavar="VARIANT", help="the model card's table of these variants"
     )
+    table_cmd.add_argument(
+        "--changes", nargs="+", metavar="VARIANT", help="per change, AUROC / specificity"
+    )
     for command in (train_cmd, post):
         command.add_argument(
             "--data",
@@ -312,7 +342,9 @@ def main() -> None:
         )
     args = parser.parse_args()
     if args.command == "table":
-        if args.markdown is not None:
+        if args.changes:
+            print(changes_markdown(args.changes))
+        elif args.markdown is not None:
             print(markdown(args.markdown))
         else:
             table()

@@ -8,9 +8,9 @@ compression, resolution), then preprocessed by the version's own recipe. A model
 up under these changes has learned the lungs rather than the look of one hospital's films.
 
 Every change is deterministic (the noise is seeded by the image itself), so two models, or two
-runs, see exactly the same stressed images. `RANDOM_CROP_LIKE` names the changes whose kind
-the `robust` training augmentation also applies (at other magnitudes), so a report can tell a
-change training has seen the like of from one it never has.
+runs, see exactly the same stressed images. `seen_kinds` names the changes whose kind a
+training augmentation also applies (at other magnitudes), so a report can tell a change
+training has seen the like of from one it never has.
 """
 
 from __future__ import annotations
@@ -129,11 +129,24 @@ CHANGES: dict[str, Change] = {
     "jpeg q10": _jpeg(10),
     "down-up 1/4": _down_up(0.25),
 }
-# The changes of a kind the `robust` augmentation applies (crops, exposure), at other sizes,
-# and those `robust-resolution` adds (a softer, coarser image) at other sizes.
+# The changes of a kind a training augmentation applies, at other magnitudes: `robust` crops
+# and changes exposure, `robust-resolution` also softens, `standard` zooms both ways, shifts
+# and changes contrast.
 RANDOM_CROP_LIKE = frozenset({"zoom 1.2", "shifted crop"})
 INTENSITY_LIKE = frozenset({"gamma 0.6", "gamma 1.6", "contrast -40%", "contrast +40%"})
 RESOLUTION_LIKE = frozenset({"blur", "down-up 1/4"})
+_SEEN_KINDS = {
+    "robust": RANDOM_CROP_LIKE | INTENSITY_LIKE,
+    "robust-resolution": RANDOM_CROP_LIKE | INTENSITY_LIKE | RESOLUTION_LIKE,
+    "standard": RANDOM_CROP_LIKE | {"zoom 0.8", "contrast -40%", "contrast +40%"},
+}
+_SEEN_KINDS["both"] = _SEEN_KINDS["standard"]
+
+
+def seen_kinds(augment: str) -> frozenset[str]:
+    """The changes whose kind the training augmentation `augment` applies, at other
+    magnitudes: a report marks them, since training has seen their like."""
+    return frozenset(_SEEN_KINDS.get(augment, ()))
 
 
 def stressed_arrays(

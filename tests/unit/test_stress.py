@@ -96,3 +96,14 @@ def test_noise_is_seeded_by_the_image_so_two_images_get_different_noise() -> Non
     other_residual = np.asarray(other_noisy, dtype=int) - 129
     assert residual.std() > 5
     assert not np.array_equal(residual, other_residual)
+
+
+def test_the_changes_training_has_seen_the_kind_of_are_named_changes() -> None:
+    from core.config import AUGMENTATIONS
+    from training.stress import seen_kinds
+
+    for augment in AUGMENTATIONS:
+        assert seen_kinds(augment) <= set(CHANGES), augment
+    assert seen_kinds("none") == frozenset()
+    # The resolution jitter adds exactly the softening changes to what `robust` has seen.
+    assert seen_kinds("robust-resolution") - seen_kinds("robust") == {"blur", "down-up 1/4"}
