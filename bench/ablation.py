@@ -17,6 +17,7 @@ and the stressed holdout, each with 95 % intervals. A name joins levers with `+`
 | `writeup` | the model card's old recipe: standard augmentation, constant SGD, squash |
 | `robust` | random resized crops with gamma, contrast and brightness jitter |
 | `resolution` | `robust` and a random down-and-up resize of half the images (`robust-resolution`) |
+| `zoomout` | `resolution` with a quarter of the crops zoomed out instead (`acquisition`) |
 | `equalize`, `trim8` | the preprocessing (histogram equalisation, an 8 % border trim) |
 | `sgdcos`, `adamw` | SGD or AdamW with a warm-up and a cosine decay instead of constant SGD |
 | `smooth` | label smoothing 0.1 |
@@ -49,6 +50,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "writeup": {},
     "robust": {"augment": "robust"},
     "resolution": {"augment": "robust-resolution"},
+    "zoomout": {"augment": "acquisition"},
     "equalize": {"preprocessing": "equalize"},
     "trim8": {"preprocessing": "trim8"},
     "sgdcos": {"optimizer": "sgd-cosine"},

@@ -12,7 +12,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-AUGMENTATIONS = ("none", "threshold", "standard", "robust", "robust-resolution", "both")
+AUGMENTATIONS = (
+    "none",
+    "threshold",
+    "standard",
+    "robust",
+    "robust-resolution",
+    "acquisition",
+    "both",
+)
 OPTIMIZERS = ("sgd", "sgd-cosine", "adamw-cosine")
 # What PNEUMOSCAN_DEVICE=gpu changes, unless the setting is given (unmeasured: no GPU here).
 GPU_DEFAULTS: dict[str, object] = {
@@ -110,7 +118,7 @@ class Settings(BaseSettings):
     train_augment: str = Field(
         "none",
         description="none, threshold (copy with pixels < 25 set to 0), standard, robust, "
-        "robust-resolution, or both.",
+        "robust-resolution, acquisition, or both.",
     )
     train_weights: str = Field("none", description="Backbone start: none, imagenet, or a file.")
     train_input_size: int = Field(75, ge=32, le=512, description="Model input side in pixels.")

@@ -14,6 +14,9 @@
   50-100 % of their side and back up: the softer films of a coarser detector or of a resizing
   pipeline. The stressed validation's blur and quarter-resolution changes go further than
   that (about 37 % of the side), so they stay beyond anything training shows.
+- `acquisition`: `robust-resolution`, with a quarter of the crops zoomed out instead (a
+  window 100-115 % of the side, black around the image): a wider field of view, as
+  `standard`'s zoom has. The stressed zoom 0.8 (a window of 125 %) stays beyond it.
 - `both`: `threshold` and `standard`.
 
 The names are `core.config.AUGMENTATIONS`, which the settings, the API and the CLI check.
@@ -34,6 +37,8 @@ CONTRAST = 0.25
 BRIGHTNESS = 0.10
 RESOLUTION = (0.5, 1.0)  # side of the down-and-up resize, as a fraction of the input's
 RESOLUTION_SHARE = 0.5  # of each batch's images
+ZOOM_OUT = (1.0, 1.15)  # side of a zoomed-out window, as a fraction of the image's
+ZOOM_OUT_SHARE = 0.25  # of each batch's crops
 
 Augmenter = Callable[[Any, Any], tuple[Any, Any]]
 
@@ -46,6 +51,8 @@ def augmenter(augment: str, seed: int) -> Augmenter:
         return lambda x, y: (robust(tf.cast(x, tf.float32)), y)
     if augment == "robust-resolution":
         return lambda x, y: (resolution_jitter(robust(tf.cast(x, tf.float32))), y)
+    if augment == "acquisition":
+        return lambda x, y: (resolution_jitter(robust(tf.cast(x, tf.float32), True)), y)
     if augment in ("standard", "both"):
         layers = keras.Sequential(
             [
@@ -59,9 +66,10 @@ def augmenter(augment: str, seed: int) -> Augmenter:
     return lambda x, y: (tf.cast(x, tf.float32), y)
 
 
-def robust(images: Any) -> Any:
+def robust(images: Any, zoom_out: bool = False) -> Any:
     """Random resized crop, then gamma, contrast and brightness jitter, per image of a batch
-    of float32 0..255 images (n, size, size, 3)."""
+    of float32 0..255 images (n, size, size, 3). With `zoom_out`, `ZOOM_OUT_SHARE` of the
+    windows are larger than the image instead, which shrinks it inside a black frame."""
     import tensorflow as tf
 
     n, size = tf.shape(images)[0], images.shape[1]
@@ -69,6 +77,11 @@ def robust(images: Any) -> Any:
     aspect = tf.exp(tf.random.uniform([n], math.log(CROP_ASPECT[0]), math.log(CROP_ASPECT[1])))
     width = tf.minimum(tf.sqrt(area * aspect), 1.0)
     height = tf.minimum(tf.sqrt(area / aspect), 1.0)
+    if zoom_out:
+        wide = tf.random.uniform([n]) < ZOOM_OUT_SHARE
+        side = tf.random.uniform([n], *ZOOM_OUT)
+        width, height = tf.where(wide, side, width), tf.where(wide, side, height)
+    # A window wider than the image starts left of (or above) it: the margin is negative.
     left = tf.random.uniform([n]) * (1.0 - width) * size
     top = tf.random.uniform([n]) * (1.0 - height) * size
     # Output pixel (x, y) samples input (left + x * width, top + y * height): the window,
@@ -76,7 +89,11 @@ def robust(images: Any) -> Any:
     zero = tf.zeros([n])
     transform = tf.stack([width, zero, left, zero, height, top, zero, zero], axis=1)
     cropped = keras.ops.image.affine_transform(
-        images / 255.0, transform, interpolation="bilinear", fill_mode="nearest"
+        images / 255.0,
+        transform,
+        interpolation="bilinear",
+        fill_mode="constant" if zoom_out else "nearest",
+        fill_value=0.0,
     )
 
     def per_image(low: float, high: float) -> Any:

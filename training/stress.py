@@ -130,8 +130,8 @@ CHANGES: dict[str, Change] = {
     "down-up 1/4": _down_up(0.25),
 }
 # The changes of a kind a training augmentation applies, at other magnitudes: `robust` crops
-# and changes exposure, `robust-resolution` also softens, `standard` zooms both ways, shifts
-# and changes contrast.
+# and changes exposure, `robust-resolution` also softens, `acquisition` also zooms out,
+# `standard` zooms both ways, shifts and changes contrast.
 RANDOM_CROP_LIKE = frozenset({"zoom 1.2", "shifted crop"})
 INTENSITY_LIKE = frozenset({"gamma 0.6", "gamma 1.6", "contrast -40%", "contrast +40%"})
 RESOLUTION_LIKE = frozenset({"blur", "down-up 1/4"})
@@ -140,6 +140,7 @@ _SEEN_KINDS = {
     "robust-resolution": RANDOM_CROP_LIKE | INTENSITY_LIKE | RESOLUTION_LIKE,
     "standard": RANDOM_CROP_LIKE | {"zoom 0.8", "contrast -40%", "contrast +40%"},
 }
+_SEEN_KINDS["acquisition"] = _SEEN_KINDS["robust-resolution"] | {"zoom 0.8"}
 _SEEN_KINDS["both"] = _SEEN_KINDS["standard"]
 
 

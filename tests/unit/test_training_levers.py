@@ -89,6 +89,21 @@ def test_robust_augmentation_crops_and_jitters_each_image_differently() -> None:
     assert not np.allclose(out[0], out[1], atol=2)
 
 
+def test_zoomed_out_crops_shrink_a_quarter_of_the_images_inside_a_black_frame() -> None:
+    import tensorflow as tf
+
+    from training.augment import robust
+
+    tf.random.set_seed(5)
+    bright = tf.constant(np.full((64, 24, 24, 3), 200.0, np.float32))
+    framed = robust(bright, zoom_out=True).numpy()
+    darker_corner = [image[0, 0, 0] < image[12, 12, 0] - 40 for image in framed]
+    assert 4 <= sum(darker_corner) <= 32
+    # Crops inside the image never frame it: a uniform image stays uniform.
+    plain = robust(bright).numpy()
+    assert all(np.ptp(image) < 1 for image in plain)
+
+
 def test_resolution_jitter_softens_about_half_of_a_batch_and_leaves_the_rest() -> None:
     import tensorflow as tf
 
