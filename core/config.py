@@ -113,21 +113,21 @@ class Settings(BaseSettings):
     )
     retrain_cron: str = Field("0 2 * * *", description="When beat starts the nightly retraining.")
     train_architecture: str = Field("inception_resnet_v2", description="Default architecture.")
-    train_epochs: int = Field(10, ge=1, description="Default epochs of a training run.")
+    train_epochs: int = Field(40, ge=1, description="Default epochs of a training run.")
     train_batch_size: int = Field(100, ge=1, description="Images per training step.")
     train_augment: str = Field(
-        "none",
+        "acquisition",
         description="none, threshold (copy with pixels < 25 set to 0), standard, robust, "
         "robust-resolution, acquisition, or both.",
     )
     train_weights: str = Field("none", description="Backbone start: none, imagenet, or a file.")
     train_input_size: int = Field(75, ge=32, le=512, description="Model input side in pixels.")
     train_optimizer: Literal["sgd", "sgd-cosine", "adamw-cosine"] = Field(
-        "sgd", description="The write-up's constant SGD, or a cosine-decayed SGD or AdamW."
+        "sgd-cosine", description="The write-up's constant SGD, or a cosine-decayed SGD or AdamW."
     )
     train_label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Label smoothing.")
     train_preprocessing: str = Field(
-        "squash", description="squash, equalize, trimN or trimN+equalize (core/imaging.py)."
+        "equalize", description="squash, equalize, trimN or trimN+equalize (core/imaging.py)."
     )
     train_batch_norm_recalibration: bool = Field(
         False, description="Recompute BatchNorm statistics on the training images at the end."

@@ -48,7 +48,7 @@ def training_stack(tmp_path: Path, reference: Path, **overrides: object) -> Stac
 # Every lever at once on the small CNN: two seeds, two test-time views, recomputed BatchNorm
 # statistics (it has none: nothing to do), equalised and trimmed input, AdamW, smoothing.
 ROBUST_LEVERS = {
-    "augment": "robust",
+    "augment": "acquisition",
     "optimizer": "adamw-cosine",
     "label_smoothing": 0.1,
     "preprocessing": "trim5+equalize",
@@ -121,7 +121,8 @@ def test_each_architecture_trains_end_to_end_through_the_celery_task(
         assert version["status"] == "active"
         assert version["training_run_id"] == run_id
         assert version["input_size"] == levers.get("input_size", 75)
-        assert version["preprocessing"] == levers.get("preprocessing", "squash")
+        default_recipe = stack.settings.train_preprocessing  # equalize
+        assert version["preprocessing"] == levers.get("preprocessing", default_recipe)
         assert (
             version["threshold"]
             == run["metrics"]["validation"]["threshold"]
