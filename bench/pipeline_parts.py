@@ -1,10 +1,12 @@
 """Measure the two costs of scoring on this machine: decoding and the model's forward pass.
 
-    .venv/bin/python bench/pipeline_parts.py [--data ../shared/data/origres] [--batch 64]
+    .venv/bin/python bench/pipeline_parts.py [--data ../shared/data/origres] [--batch 64] \
+        [--recipes squash,equalize]
 
-Prints images/s for the pipeline's decoding (Pillow draft mode into 75x75x3, in threads) and
-for InceptionResNetV2's batched forward pass (random weights, fixed padded batch shape).
-Not a test: figures depend on the machine.
+Prints images/s for the pipeline's decoding (Pillow draft mode into 75x75x3, in threads) with
+each preprocessing recipe (the runs of the recipes interleaved) and for InceptionResNetV2's
+batched forward pass (random weights, fixed padded batch shape). The bound uses the first
+recipe. Not a test: figures depend on the machine.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from core.imaging import load_model_input
+from core.imaging import Preprocessing, load_model_input
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def decode_rate(paths: list[Path], threads: int, size: int) -> float:
+def decode_rate(paths: list[Path], threads: int, size: int, recipe: Preprocessing) -> float:
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda p: load_model_input(p, size, 10**9), paths))
+        list(pool.map(lambda p: load_model_input(p, size, 10**9, None, recipe), paths))
     return len(paths) / (time.perf_counter() - started)
 
 
@@ -53,13 +55,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--recipes", default="squash,equalize", help="preprocessing recipes")
     args = parser.parse_args()
     paths = sorted(args.data.rglob("*.jpeg"))
     if not paths:
         raise SystemExit(f"no JPEGs under {args.data}")
-    decode = [decode_rate(paths, args.threads, 75) for _ in range(args.runs)]
+    recipes = [Preprocessing.parse(name) for name in args.recipes.split(",")]
+    rates: dict[str, list[float]] = {recipe.name: [] for recipe in recipes}
+    for _ in range(args.runs):
+        for recipe in recipes:
+            rates[recipe.name].append(decode_rate(paths, args.threads, 75, recipe))
     detail = f"{len(paths)} images, {args.threads} threads"
-    print(f"decode  {statistics.median(decode):7.1f} images/s  ({detail})")
+    for name, runs in rates.items():
+        print(f"decode  {statistics.median(runs):7.1f} images/s  ({detail}, {name})")
+    decode = rates[recipes[0].name]
     model = [model_rate(args.batch, 5, 75) for _ in range(args.runs)]
     detail = f"batch {args.batch}, InceptionResNetV2 75x75"
     print(f"model   {statistics.median(model):7.1f} images/s  ({detail})")
