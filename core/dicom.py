@@ -124,10 +124,14 @@ def refusal(info: DicomInfo, accept_any: bool) -> str | None:
 
 
 def deidentify(path: Path) -> None:
-    """Remove the patient's name, birth date and identifiers from a stored copy (pixels kept)."""
+    """Remove the patient's name, birth date and identifiers from a stored copy (pixels kept),
+    and blank the 128-byte preamble, which may hold anything (another format's header too)."""
     ds = pydicom.dcmread(path, force=True)
-    if not any(keyword in ds for keyword in IDENTIFYING):
+    blank = ds.preamble is None or not any(ds.preamble)
+    if blank and not any(keyword in ds for keyword in IDENTIFYING):
         return
+    if not blank:
+        ds.preamble = bytes(128)
     for keyword in IDENTIFYING:
         if keyword in ds:
             delattr(ds, keyword)

@@ -27,13 +27,17 @@ class ImageDecodeError(ValueError):
 
 
 def sniff_format(head: bytes) -> str | None:
-    """The format the first 132 bytes announce, or None when they are not an image we read."""
+    """The format the first 132 bytes announce, or None when they are not an image we read.
+
+    DICOM is recognised first: its 128-byte preamble is free for any use (a dual-format file
+    may start as a JPEG or TIFF), and a DICOM read as a JPEG would be kept whole, patient
+    name included, without de-identification."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return DICOM
     if head.startswith(b"\xff\xd8\xff"):
         return JPEG
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return PNG
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return DICOM
     return None
 
 

@@ -185,6 +185,17 @@ def test_deidentify_removes_name_and_birth_date_and_keeps_pixels(tmp_path: Path)
     assert np.array_equal(np.asarray(dicom.load_image(path, 10**9)), before)
 
 
+def test_a_preamble_that_starts_like_a_jpeg_is_still_dicom_and_is_blanked(tmp_path: Path) -> None:
+    ds = dataset(chest_like(), bits=12)
+    ds.preamble = (b"\xff\xd8\xff\xe0" + PATIENT_NAME.encode()).ljust(128, b"\0")
+    path = write(tmp_path, encode(ds), name="study.jpeg")
+    assert sniff_file(path) == DICOM
+    dicom.deidentify(path)
+    raw = path.read_bytes()
+    assert raw[:128] == bytes(128)
+    assert PATIENT_NAME.encode() not in raw
+
+
 def test_jpeg_baseline_encapsulated_pixels_decode(tmp_path: Path) -> None:
     values = chest_like(128, 128)
     picture = Image.fromarray(np.round(values * 255).astype(np.uint8), mode="L")

@@ -36,6 +36,7 @@ def write(tmp_path: Path, data: bytes, name: str = "image.jpeg") -> Path:
         (jpeg_bytes()[:132], JPEG),
         (png_bytes()[:132], PNG),
         (bytes(128) + b"DICM" + bytes(10), DICOM),
+        (b"\xff\xd8\xff\xe0".ljust(128, b"\0") + b"DICM", DICOM),
         (b"this is text named scan.jpeg", None),
         (b"", None),
     ],
