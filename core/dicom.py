@@ -127,14 +127,14 @@ def deidentify(path: Path) -> None:
     """Remove the patient's name, birth date and identifiers from a stored copy (pixels kept),
     and blank the 128-byte preamble, which may hold anything (another format's header too)."""
     ds = pydicom.dcmread(path, force=True)
-    blank = ds.preamble is None or not any(ds.preamble)
-    if blank and not any(keyword in ds for keyword in IDENTIFYING):
+    present = [keyword for keyword in IDENTIFYING if keyword in ds]
+    preamble_used = ds.preamble is not None and any(ds.preamble)
+    if not present and not preamble_used:
         return
-    if not blank:
+    if preamble_used:
         ds.preamble = bytes(128)
-    for keyword in IDENTIFYING:
-        if keyword in ds:
-            delattr(ds, keyword)
+    for keyword in present:
+        delattr(ds, keyword)
     ds.save_as(path, enforce_file_format=False)
 
 

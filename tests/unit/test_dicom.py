@@ -185,8 +185,15 @@ def test_deidentify_removes_name_and_birth_date_and_keeps_pixels(tmp_path: Path)
     assert np.array_equal(np.asarray(dicom.load_image(path, 10**9)), before)
 
 
-def test_a_preamble_that_starts_like_a_jpeg_is_still_dicom_and_is_blanked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name_element", [True, False])
+def test_a_preamble_that_starts_like_a_jpeg_is_still_dicom_and_is_blanked(
+    tmp_path: Path, name_element: bool
+) -> None:
     ds = dataset(chest_like(), bits=12)
+    if not name_element:  # only the preamble names the patient
+        for keyword in dicom.IDENTIFYING:
+            if keyword in ds:
+                delattr(ds, keyword)
     ds.preamble = (b"\xff\xd8\xff\xe0" + PATIENT_NAME.encode()).ljust(128, b"\0")
     path = write(tmp_path, encode(ds), name="study.jpeg")
     assert sniff_file(path) == DICOM
