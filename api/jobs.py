@@ -180,7 +180,13 @@ def _arrives_fast(size: int, started: float, rate: float) -> bool:
 def _store_source(context: ApiContext, job_id: str) -> tuple[SourceKind, str]:
     if request.mimetype == "application/json":
         data = _load(FolderJobIn(), request.get_json(silent=False))
-        folder = resolve_import_folder(data["folder"], context.settings.import_roots)
+        settings = context.settings
+        folder = resolve_import_folder(
+            data["folder"],
+            settings.import_roots,
+            settings.import_root_owners,
+            caller().owner_filter,
+        )
         return SourceKind.FOLDER, str(folder)
     if request.mimetype == "multipart/form-data":
         data = _load(

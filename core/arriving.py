@@ -32,6 +32,7 @@ from types import TracebackType
 
 from core.archive import (
     COPY_CHUNK,
+    NOT_UTF8_NAME,
     ZIP_MAGIC,
     ArchiveBudget,
     ArchiveError,
@@ -64,6 +65,22 @@ class UploadInterruptedError(ArchiveError):
 
 def part_path(final: Path) -> Path:
     return final.with_name(final.name + PART_SUFFIX)
+
+
+def held_by_writer(path: Path) -> bool:
+    """Whether a process holds the lock every upload takes while it is written (False for a
+    file that is not there)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
 
 
 class ArrivingWriter:
@@ -248,7 +265,10 @@ def _next_local_member(source: ArrivingFile) -> zipfile.ZipInfo | None:
     if len(source.read(extra_length)) < extra_length or len(name) < name_length:
         return None
     # Decoded and normalised as zipfile does for the central directory's names.
-    info = zipfile.ZipInfo(name.decode("utf-8" if flags & UTF8_NAME else "cp437"))
+    try:
+        info = zipfile.ZipInfo(name.decode("utf-8" if flags & UTF8_NAME else "cp437"))
+    except UnicodeDecodeError as exc:  # as zipfile would refuse it once the upload is in
+        raise ArchiveError(NOT_UTF8_NAME) from exc
     info.flag_bits, info.compress_type, info.CRC = flags, method, crc
     info.compress_size, info.file_size, info.header_offset = compressed, size, offset
     return info

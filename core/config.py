@@ -50,8 +50,12 @@ class Settings(BaseSettings):
         Path(), description="Uploads and model artifacts; default home/storage."
     )
     import_roots: Annotated[list[Path], NoDecode] = Field(
-        default_factory=list, description="Server folders that JSON {'folder': ...} jobs may name."
+        default_factory=list,
+        description="Server folders that JSON {'folder': ...} jobs may name; an entry "
+        "PATH=name+name is open only to keys of those names (and admins).",
     )
+    # Filled from `import_roots` entries that name key names: root -> the names allowed.
+    import_root_owners: dict[Path, frozenset[str]] = Field(default_factory=dict, exclude=True)
     max_upload_mb: int = Field(2048, ge=1, description="Largest accepted request body.")
     upload_idle_seconds: int = Field(
         60,
@@ -144,6 +148,12 @@ class Settings(BaseSettings):
     stall_seconds: int = Field(
         600, ge=1, description="A job with no progress for this long gets its work sent again."
     )
+    max_ingest_attempts: int = Field(
+        3,
+        ge=1,
+        description="Starts of a job's ingest (its worker died, or the database refused what "
+        "it wrote) before the job fails with the reason.",
+    )
     max_batch_attempts: int = Field(
         3,
         ge=1,
@@ -162,13 +172,22 @@ class Settings(BaseSettings):
     api_key: str = Field("", description="The API key `pneumoscan submit` sends.")
     log_level: str = "INFO"
 
-    @field_validator("import_roots", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _split_roots(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            parts = value.replace(",", os.pathsep).split(os.pathsep)
-            return [part.strip() for part in parts if part.strip()]
-        return value
+    def _split_roots(cls, data: Any) -> Any:
+        """`/mnt/a=radiology-a+radiology-b,/mnt/b`: roots, some open to named keys only."""
+        value = data.get("import_roots") if isinstance(data, dict) else None
+        if not isinstance(value, str):
+            return data
+        roots, owners = [], {}
+        for part in value.replace(",", os.pathsep).split(os.pathsep):
+            path, _, names = part.strip().partition("=")
+            if not path:
+                continue
+            roots.append(path)
+            if names:
+                owners[path] = frozenset(n.strip() for n in names.split("+") if n.strip())
+        return {**data, "import_roots": roots, "import_root_owners": owners}
 
     @field_validator("retrain_cron")
     @classmethod
@@ -234,6 +253,10 @@ class Settings(BaseSettings):
         if self.storage_dir == Path():
             self.storage_dir = self.home / "storage"
         self.storage_dir = self.storage_dir.expanduser().resolve()
+        self.import_root_owners = {
+            Path(root).expanduser().resolve(): names
+            for root, names in self.import_root_owners.items()
+        }
         self.import_roots = [root.expanduser().resolve() for root in self.import_roots]
         if self.data_dir is not None:
             self.data_dir = self.data_dir.expanduser().resolve()
@@ -241,6 +264,19 @@ class Settings(BaseSettings):
             self.holdout_dir = self.holdout_dir.expanduser().resolve()
         if not self.api_url:
             self.api_url = f"http://{self.api_host}:{self.api_port}"
+        return self
+
+    @model_validator(mode="after")
+    def _import_roots_apart_from_storage(self) -> Settings:
+        """Ingest deletes what it does not keep of a job's files; an import folder that shares
+        the storage folder's files could lose some, or hand out other jobs' images."""
+        for root in self.import_roots:
+            storage = self.storage_dir
+            if root == storage or storage in root.parents or root in storage.parents:
+                raise ValueError(
+                    f"import root {root} is, contains or lies inside the storage folder "
+                    f"{storage}: keep them apart"
+                )
         return self
 
     @property

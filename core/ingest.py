@@ -8,6 +8,7 @@ the archive is still being expanded.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from core.archive import (
@@ -30,7 +32,7 @@ from core.archive import (
     iter_archive,
     iter_folder,
 )
-from core.arriving import iter_upload, part_path
+from core.arriving import iter_upload
 from core.config import Settings
 from core.db import Database
 from core.imaging import DICOM, sniff_file
@@ -47,12 +49,19 @@ from core.models import (
     SourceKind,
     utcnow,
 )
-from core.recovery import claim_ingest, refresh_ingest_claim
+from core.recovery import claim_ingest, refresh_ingest_claim, release_ingest_claim
 from core.registry import active_version
 from core.results import complete_if_done
+from core.retention import keep_only_images
 from core.storage import Storage, sha256_of
+from core.text import is_encodable, storable, without_paths
+
+log = logging.getLogger(__name__)
 
 ARCHIVE_NAME = "archive.zip"
+# A longer name would not fit PostgreSQL's index of (job, path) (2,704 bytes an entry).
+MAX_PATH_BYTES = 2048
+MAX_SHOWN_PATH = 2000  # a rejected entry's path as shown (refused names may be any length)
 BATCHES_PER_FLUSH = 2  # rows are written, and batches released, this many batches at a time
 
 Release = Callable[[list[int]], None]
@@ -83,37 +92,81 @@ def ingest_job(
     job_id: str,
     release: Release | None = None,
 ) -> IngestOutcome:
-    """Expand the job's source and record its images; safe to run again after a crash."""
+    """Expand the job's source and record its images; safe to run again after a crash.
+
+    The job always ends: a member that cannot be handled is a rejected entry with its reason,
+    an archive refused whole or anything unexpected fails the job once with the reason (its
+    upload removed), and an ingest started `max_ingest_attempts` times without finishing
+    (its worker died, or the database kept refusing what it wrote) fails the job too.
+    """
     with db.session() as session:
         job = get_job(session, job_id)
         if job.total is not None or job.status in FINISHED_STATUSES:
             # Already ingested (a redelivered message): scoring is released by the caller.
             scoring = job.status == JobStatus.RUNNING and not job.waiting_for_model
             return IngestOutcome(job_id, job.total or 0, scoring)
-        kind, source_name = job.source_kind, job.source_name
-        if not claim_ingest(session, job_id, settings.stall_after):
+        kind, source_name = SourceKind(job.source_kind), job.source_name
+        attempt = claim_ingest(session, job_id, settings.stall_after)
+        if attempt is None:
             # Another delivery is expanding this job right now; it will finish the work.
             return IngestOutcome(job_id, 0, False)
-        _forget_partial_ingest(session, job_id)
+        if attempt <= settings.max_ingest_attempts:
+            _forget_partial_ingest(session, job_id)
+    if attempt > settings.max_ingest_attempts:
+        return _fail(db, storage, job_id, GAVE_UP.format(times=attempt - 1))
+    try:
+        outcome = _expand(db, storage, settings, job_id, kind, source_name, release)
+    except ArchiveError as exc:
+        return _fail(db, storage, job_id, str(exc))
+    except (OperationalError, InterfaceError):
+        # The database went away or refused a write: the task runs again (counted above).
+        _let_go(db, job_id)
+        raise
+    except Exception as exc:  # a bug or an input nobody foresaw: the job ends, with the reason
+        log.exception("job %s: ingest failed", job_id)
+        reason = f"ingest failed: {type(exc).__name__}: {without_paths(str(exc), storage.root)}"
+        return _fail(db, storage, job_id, reason)
+    # Once recorded, the images are the job's record; the upload, which may carry patients'
+    # names in DICOM headers, is not kept (nor anything of it but its images).
+    finish_kept_upload(db, storage, job_id)
+    keep_only_images(db, storage, job_id)
+    return outcome
+
+
+GAVE_UP = (
+    "ingest was started {times} times and never finished (its worker stopped, or the database "
+    "refused what it wrote): the job is stopped; submit its images again, in smaller parts if "
+    "this repeats"
+)
+
+
+def _expand(
+    db: Database,
+    storage: Storage,
+    settings: Settings,
+    job_id: str,
+    kind: SourceKind,
+    source_name: str,
+    release: Release | None,
+) -> IngestOutcome:
     # Files are expanded outside any transaction so the database is not held meanwhile.
     shutil.rmtree(storage.job_files_dir(job_id), ignore_errors=True)
     recorder = _Recorder(db, storage, settings, job_id, release)
     keep_claim = _claim_keeper(db, job_id, settings.stall_seconds / 4)
+    for entry in _iter_source(storage, settings, job_id, kind, source_name, keep_claim):
+        if not recorder.add(entry):
+            break  # the job was cancelled meanwhile
+    return recorder.finish()
+
+
+def _let_go(db: Database, job_id: str) -> None:
+    """Give the claim back so the retry can take it; when the database is down, the claim
+    goes stale instead and the sweep sends the ingest again."""
     try:
-        entries = _iter_source(storage, settings, job_id, SourceKind(kind), source_name, keep_claim)
-        for entry in entries:
-            if not recorder.add(entry):
-                break  # the job was cancelled meanwhile
-        outcome = recorder.finish()
-    except ArchiveError as exc:
-        outcome = _fail(db, job_id, str(exc))
-    # Once recorded, the expanded files are the job's record; the archive, which may carry
-    # patients' names in DICOM headers, is not kept (nor anything of it but its images).
-    archive = storage.job_dir(job_id) / ARCHIVE_NAME
-    for leftover in (archive, part_path(archive)):
-        leftover.unlink(missing_ok=True)
-    finish_kept_upload(db, storage, job_id)
-    return outcome
+        with db.session() as session:
+            release_ingest_claim(session, job_id)
+    except (OperationalError, InterfaceError):
+        log.warning("job %s: ingest claim not released (database unreachable)", job_id)
 
 
 def _claim_keeper(db: Database, job_id: str, every_seconds: float) -> Callable[[], None]:
@@ -167,7 +220,13 @@ class _Recorder:
         if isinstance(entry, Rejection):
             self.rejected.append(entry)
         else:
-            row = _classify(entry, self.storage, self.settings.dicom_accept_any, self.seen)
+            row = _classify_readable(
+                entry,
+                self.storage,
+                self.storage.job_dir(self.job_id),
+                self.settings.dicom_accept_any,
+                self.seen,
+            )
             if isinstance(row, Rejection):
                 self.rejected.append(row)
             else:
@@ -207,7 +266,11 @@ class _Recorder:
             session.execute(
                 insert(RejectedEntry),
                 [
-                    {"job_id": self.job_id, "path": r.path, "reason": r.reason}
+                    {
+                        "job_id": self.job_id,
+                        "path": storable(r.path, MAX_SHOWN_PATH),
+                        "reason": storable(without_paths(r.reason, self.storage.root), 2000),
+                    }
                     for r in self.rejected
                 ],
             )
@@ -261,9 +324,9 @@ def _iter_source(
         return iter_upload(storage.job_dir(job_id) / ARCHIVE_NAME, files_dir, limits, on_wait)
     if kind == SourceKind.FOLDER:
         folder = Path(source_name)
-        root = next(
-            (r for r in settings.import_roots if r == folder or r in folder.parents), folder
-        )
+        root = next((r for r in settings.import_roots if r == folder or r in folder.parents), None)
+        if root is None:
+            raise ArchiveError(f"{folder} is no longer under an import root: nothing was read")
         return iter_folder(root, folder, files_dir, limits)
     return _iter_received(storage, job_id, files_dir, limits)
 
@@ -292,18 +355,41 @@ def _iter_received(
             yield Rejection(relative, f"archive refused: {exc}")
 
 
+def _classify_readable(
+    candidate: Candidate, storage: Storage, job_dir: Path, accept_any: bool, seen: set[str]
+) -> dict | Rejection:
+    """`_classify`, with a file that cannot be read (gone, not permitted, not UTF-8 named)
+    refused with the reason instead of ending the ingest; our copy of a refused file goes."""
+    ours = candidate.span is None and _is_ours(candidate.path, job_dir)
+    if not (is_encodable(candidate.relative_path) and is_encodable(str(candidate.path))):
+        row: dict | Rejection = Rejection(candidate.relative_path, "file name is not valid UTF-8")
+    elif len(candidate.relative_path.encode()) > MAX_PATH_BYTES:
+        row = Rejection(candidate.relative_path, f"name longer than {MAX_PATH_BYTES} bytes")
+    else:
+        try:
+            row = _classify(candidate, storage, ours, accept_any, seen)
+        except OSError as exc:
+            row = Rejection(candidate.relative_path, f"cannot be read: {exc.strerror or exc}")
+    if ours and isinstance(row, Rejection):
+        candidate.path.unlink(missing_ok=True)  # our copy of something never scored
+    return row
+
+
+def _is_ours(path: Path, job_dir: Path) -> bool:
+    """A file this job's ingest wrote (never an import-volume file, nor another job's)."""
+    return job_dir in path.parents and not path.is_symlink()
+
+
 def _classify(
-    candidate: Candidate, storage: Storage, accept_any_dicom: bool, seen: set[str]
+    candidate: Candidate, storage: Storage, ours: bool, accept_any_dicom: bool, seen: set[str]
 ) -> dict | Rejection:
     """An image row for the candidate, or the reason it is not one."""
     fmt = sniff_file(candidate.path, candidate.span)
     reason: str | None = None if fmt else "not a JPEG, PNG or DICOM image"
     facts: dict[str, str | None] = {}
     if fmt == DICOM:
-        reason, facts = _dicom_facts(candidate.path, storage, accept_any_dicom)
+        reason, facts = _dicom_facts(candidate.path, ours, accept_any_dicom)
     if reason:
-        if candidate.span is None and storage.root in candidate.path.resolve().parents:
-            candidate.path.unlink()  # our copy of something never scored is not kept
         return Rejection(candidate.relative_path, reason)
     if fmt == DICOM and candidate.sha256:
         candidate = Candidate(candidate.relative_path, candidate.path)  # de-identified: rehash
@@ -319,20 +405,20 @@ def _classify(
 
 
 def _dicom_facts(
-    path: Path, storage: Storage, accept_any: bool
+    path: Path, ours: bool, accept_any: bool
 ) -> tuple[str | None, dict[str, str | None]]:
     """(why it is refused, or None; its identifiers and acquisition facts)."""
     from core import dicom
 
     try:
         info = dicom.read_info(path)
+        reason = dicom.refusal(info, accept_any)
+        if reason:
+            return reason, {}
+        if ours:
+            dicom.deidentify(path)  # our own copy: nothing of the patient stays on our disks
     except dicom.DicomError as exc:
         return str(exc), {}
-    reason = dicom.refusal(info, accept_any)
-    if reason:
-        return reason, {}
-    if storage.root in path.resolve().parents:
-        dicom.deidentify(path)  # our own copy: keep no name or birth date on our disks
     return None, {column: getattr(info, column) for column in DICOM_COLUMNS}
 
 
@@ -346,10 +432,13 @@ def _unique(relative_path: str, seen: set[str]) -> str:
     return candidate
 
 
-def _fail(db: Database, job_id: str, reason: str) -> IngestOutcome:
+def _fail(db: Database, storage: Storage, job_id: str, reason: str) -> IngestOutcome:
+    """End the job as failed with `reason`, once, and remove everything of its upload."""
     with db.session() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is not None and job.status not in FINISHED_STATUSES:
-            job.status, job.status_detail, job.finished_at = JobStatus.FAILED, reason, utcnow()
+            job.status, job.finished_at = JobStatus.FAILED, utcnow()
+            job.status_detail = storable(reason, 2000)
             job.total = job.total or 0
+    storage.remove_job(job_id)
     return IngestOutcome(job_id, 0, False)

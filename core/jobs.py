@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -117,13 +117,23 @@ def cancel_job(session: Session, job_id: str, owner: str | None = None) -> Job:
     return job
 
 
-def resolve_import_folder(folder: str, roots: list[Path]) -> Path:
-    """The real path of `folder` when it lies under one of `roots`, after following links."""
+def resolve_import_folder(
+    folder: str,
+    roots: list[Path],
+    owners: Mapping[Path, frozenset[str]] | None = None,
+    caller: str | None = None,
+) -> Path:
+    """The real path of `folder` when it lies under one of `roots` open to `caller` (a key
+    name; None for an admin, to whom every root is open), after following links."""
     if not roots:
         raise FolderNotAllowedError("no import roots are configured (PNEUMOSCAN_IMPORT_ROOTS)")
     resolved = Path(folder).expanduser().resolve()
-    if not any(resolved == root or root in resolved.parents for root in roots):
+    under = [root for root in roots if resolved == root or root in resolved.parents]
+    if not under:
         raise FolderNotAllowedError(f"{folder} is not under an allowed import root")
+    allowed = (owners or {}).get(max(under, key=lambda root: len(root.parts)))
+    if caller is not None and allowed is not None and caller not in allowed:
+        raise FolderNotAllowedError(f"{folder} is under an import root not open to {caller!r}")
     if not resolved.is_dir():
         raise InvalidUploadError(f"{folder} is not a folder on the server")
     return resolved

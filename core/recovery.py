@@ -6,19 +6,16 @@ send the work again once nothing has moved for a while.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
 import shutil
 from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.arriving import PART_SUFFIX
+from core.arriving import PART_SUFFIX, held_by_writer
 from core.models import BatchAttempt, Image, Job, JobStatus, utcnow
 from core.storage import Storage
 
@@ -50,8 +47,10 @@ def forget_attempts(session: Session, job_id: str, image_ids: Sequence[int]) -> 
     session.execute(delete(BatchAttempt).where(BatchAttempt.key == batch_key(job_id, image_ids)))
 
 
-def claim_ingest(session: Session, job_id: str, stale_after: timedelta) -> bool:
-    """Only one ingest expands a job at a time; a claim older than `stale_after` was lost."""
+def claim_ingest(session: Session, job_id: str, stale_after: timedelta) -> int | None:
+    """Only one ingest expands a job at a time; a claim older than `stale_after` was lost.
+
+    Returns which start of the job's ingest this is, or None when another holds the claim."""
     cutoff = utcnow() - stale_after
     result = session.execute(
         update(Job)
@@ -61,9 +60,17 @@ def claim_ingest(session: Session, job_id: str, stale_after: timedelta) -> bool:
             Job.total.is_(None),
             (Job.ingest_started_at.is_(None)) | (Job.ingest_started_at < cutoff),
         )
-        .values(ingest_started_at=utcnow())
+        .values(ingest_started_at=utcnow(), ingest_attempts=Job.ingest_attempts + 1)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return None
+    attempts: int = session.scalar(select(Job.ingest_attempts).where(Job.id == job_id)) or 1
+    return attempts
+
+
+def release_ingest_claim(session: Session, job_id: str) -> None:
+    """Let the next delivery claim the ingest at once (this one stopped on an error)."""
+    session.execute(update(Job).where(Job.id == job_id).values(ingest_started_at=None))
 
 
 def refresh_ingest_claim(session: Session, job_id: str) -> None:
@@ -108,7 +115,7 @@ def remove_orphan_uploads(session: Session, storage: Storage, older_than: timede
     removed = 0
     incoming = storage.root / "uploads" / INCOMING
     for path in incoming.glob("upload-*") if incoming.is_dir() else []:
-        if _unlocked(path):
+        if not held_by_writer(path):
             path.unlink(missing_ok=True)
             removed += 1
     cutoff = (utcnow() - older_than).timestamp()
@@ -116,24 +123,9 @@ def remove_orphan_uploads(session: Session, storage: Storage, older_than: timede
     for folder in uploads.iterdir() if uploads.is_dir() else []:
         if folder.name == INCOMING or folder.stat().st_mtime > cutoff:
             continue
-        if any(not _unlocked(part) for part in folder.glob(f"*{PART_SUFFIX}")):
+        if any(held_by_writer(part) for part in folder.glob(f"*{PART_SUFFIX}")):
             continue  # a raw zip still arriving: its job row is made once it is in
         if session.get(Job, folder.name) is None:
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
     return removed
-
-
-def _unlocked(path: Path) -> bool:
-    """True when no process holds the lock every upload takes while it is written."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(descriptor)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -68,14 +70,23 @@ def sha256_of(path: Path, span: Span | None = None) -> str:
 
 
 def open_image_bytes(path: Path, span: Span | None = None) -> BinaryIO:
-    """The image's bytes as a file: the whole file, or the span of it the image occupies."""
-    if span is None:
-        return path.open("rb")
-    descriptor = os.open(path, os.O_RDONLY)
+    """The image's bytes as a file: the whole file, or the span of it the image occupies.
+
+    Only a regular file is opened, and never through a link: an import-volume file replaced by
+    a link (or a FIFO, which would block the reader for ever) since ingest looked at it is an
+    error, not a read of whatever it points at."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.ENXIO, "not a regular file", str(path))
+        if span is None:
+            os.set_blocking(descriptor, True)
+            return os.fdopen(descriptor, "rb")
         data = os.pread(descriptor, span.length, span.offset)
-    finally:
+    except BaseException:
         os.close(descriptor)
+        raise
+    os.close(descriptor)
     if len(data) != span.length:
         raise OSError(f"{path} ends inside the image's bytes (at {span.offset}+{len(data)})")
     return io.BytesIO(data)

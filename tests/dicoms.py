@@ -88,3 +88,85 @@ def encode(ds: Dataset, acr_nema: bool = False) -> bytes:
 
 def structured_report() -> bytes:
     return encode(dataset(None, modality="SR", body_part=None, view=None, sop_class=SR_CLASS))
+
+
+# Attributes of PS3.15 Table E.1-1 (the Basic Application Level Confidentiality Profile) that a
+# hospital's export commonly fills, each removed or emptied by the profile.
+BASIC_PROFILE_TEXT = (
+    "AccessionNumber",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "ReferringPhysicianName",
+    "ReferringPhysicianAddress",
+    "StationName",
+    "StudyDescription",
+    "SeriesDescription",
+    "PhysiciansOfRecord",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "OperatorsName",
+    "AdmittingDiagnosesDescription",
+    "DerivationDescription",
+    "IssuerOfPatientID",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientAddress",
+    "PatientMotherBirthName",
+    "MedicalRecordLocator",
+    "Occupation",
+    "AdditionalPatientHistory",
+    "PatientComments",
+    "DeviceSerialNumber",
+    "ProtocolName",
+    "StudyID",
+    "RequestingPhysician",
+    "RequestedProcedureDescription",
+    "ImageComments",
+    "ContentCreatorName",
+    "PatientTelephoneNumbers",
+    "ResponsiblePerson",
+)
+BASIC_PROFILE_OTHER = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "PatientAge",
+    "StudyDate",
+    "SeriesDate",
+    "StudyTime",
+    "OriginalAttributesSequence",
+    "ReferencedPatientSequence",
+    "RequestAttributesSequence",
+    "OtherPatientIDsSequence",
+)
+
+
+def identified(ds: Dataset, name: str = PATIENT_NAME) -> Dataset:
+    """`ds` as a hospital export fills it: `name` in every text attribute of the profile's
+    table, nested copies in sequences, and a private element naming the patient."""
+    for keyword in BASIC_PROFILE_TEXT:
+        setattr(ds, keyword, name)
+    ds.PatientSex, ds.PatientAge, ds.PatientBirthTime = "F", "004Y", "101500"
+    ds.StudyDate, ds.SeriesDate, ds.StudyTime = "20250102", "20250102", "093000"
+    other_id = Dataset()
+    other_id.PatientID, other_id.IssuerOfPatientID = "OTHER-7", name
+    ds.OtherPatientIDsSequence = [other_id]
+    request = Dataset()
+    request.AccessionNumber, request.RequestedProcedureDescription = "ACC-99", name
+    ds.RequestAttributesSequence = [request]
+    referenced = Dataset()
+    referenced.ReferencedSOPClassUID, referenced.ReferencedSOPInstanceUID = DX_CLASS, generate_uid()
+    ds.ReferencedPatientSequence = [referenced]
+    modified = Dataset()
+    modified.PatientName, modified.PatientBirthDate = name, BIRTH_DATE
+    original = Dataset()
+    original.ModifiedAttributesSequence = [modified]
+    original.ModifyingSystem, original.ReasonForTheAttributeModification = name, "CORRECT"
+    ds.OriginalAttributesSequence = [original]
+    block = ds.private_block(0x0009, "HOSPITAL EXPORT", create=True)
+    block.add_new(0x01, "LO", name)
+    return ds

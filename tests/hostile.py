@@ -248,3 +248,20 @@ def slow_png(side: int = 8000) -> bytes:
     """A valid, small-on-disk PNG whose decoding takes a noticeable time (side^2 pixels)."""
     rows = np.linspace(0, 255, side, dtype=np.uint8)
     return png_bytes(Image.fromarray(np.tile(rows, (side, 1))))
+
+
+def not_utf8_name(members: list[tuple[str, bytes]] | None = None) -> bytes:
+    """A member whose name is flagged UTF-8 (general-purpose bit 11) but is not UTF-8, as some
+    writers make them: zipfile refuses to read the archive's directory at all."""
+    placeholder = "bad-@@.jpeg"
+    data = bytearray(_zip([*(members or [GOOD]), (placeholder, jpeg_bytes())]))
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        name_at = data.find(placeholder.encode())
+        while name_at != -1:
+            header = data.rfind(signature, 0, name_at)
+            if header != -1 and header + (30 if flags_at == 6 else 46) == name_at:
+                flags = struct.unpack_from("<H", data, header + flags_at)[0]
+                struct.pack_into("<H", data, header + flags_at, flags | 0x800)
+                data[name_at + 4 : name_at + 6] = b"\xff\xfe"
+            name_at = data.find(placeholder.encode(), name_at + 1)
+    return bytes(data)

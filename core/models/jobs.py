@@ -65,6 +65,8 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     # Claimed by the one ingest that expands the source; a stale claim may be taken over.
     ingest_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Ingests started (claims taken); past `max_ingest_attempts` the job fails instead.
+    ingest_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -1,7 +1,9 @@
 """Archive expansion: paths and sizes are checked, nothing lands outside the job folder."""
 
 import hashlib
+import os
 import random
+import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -167,16 +169,45 @@ def test_unreadable_or_empty_archive_is_refused(
         expand_archive(path, tmp_path / "files", LIMITS)
 
 
-def test_folder_symlink_leaving_the_root_is_rejected(tmp_path: Path) -> None:
+def test_a_folder_is_read_without_following_any_link_and_only_its_regular_files(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "import"
     study = root / "study"
-    study.mkdir(parents=True)
+    (study / "inner").mkdir(parents=True)
     (study / "a.jpeg").write_bytes(jpeg_bytes())
-    secret = tmp_path / "secret.jpeg"
-    secret.write_bytes(jpeg_bytes())
-    (study / "link.jpeg").symlink_to(secret)
+    (study / "inner" / "b.jpeg").write_bytes(jpeg_bytes())
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "c.jpeg").write_bytes(jpeg_bytes())
+    (study / "leaving.jpeg").symlink_to(secret / "c.jpeg")
+    (study / "inside.jpeg").symlink_to(study / "a.jpeg")
+    (study / "linked-folder").symlink_to(secret)
+    os.mkfifo(study / "pipe.jpeg")  # opening it to read would wait for a writer for ever
     expansion = collect_folder(root, study, tmp_path / "files", LIMITS)
-    assert [c.relative_path for c in expansion.candidates] == ["a.jpeg"]
+    assert [c.relative_path for c in expansion.candidates] == ["a.jpeg", "inner/b.jpeg"]
+    link = "symbolic link (only regular files are read)"
     assert [(r.path, r.reason) for r in expansion.rejected] == [
-        ("link.jpeg", "symbolic link leaving the import root")
+        ("inside.jpeg", link),
+        ("leaving.jpeg", link),
+        ("linked-folder", link),
+        ("pipe.jpeg", "not a regular file (a FIFO, socket or device)"),
     ]
+
+
+@pytest.mark.parametrize("swap", ["folder", "parent"])
+def test_a_folder_replaced_by_a_link_after_submission_is_not_read(
+    tmp_path: Path, swap: str
+) -> None:
+    root = tmp_path / "import"
+    study = root / "site" / "study"
+    study.mkdir(parents=True)
+    elsewhere = tmp_path / "storage" / "other-job"
+    (elsewhere / "study").mkdir(parents=True)
+    (elsewhere / "study" / "a.jpeg").write_bytes(jpeg_bytes())
+    replaced = study if swap == "folder" else study.parent
+    shutil.rmtree(replaced)
+    replaced.symlink_to(elsewhere / "study" if swap == "folder" else elsewhere)
+    with pytest.raises(ArchiveError, match="replaced by a link or moved"):
+        collect_folder(root, study, tmp_path / "files", LIMITS)
+    assert (elsewhere / "study" / "a.jpeg").exists()

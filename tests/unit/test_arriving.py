@@ -148,6 +148,8 @@ def plain(compression: int) -> bytes:
         lambda: hostile.too_many_members(1001),
         hostile.broken_central_directory,
         hostile.empty_zip,
+        hostile.not_utf8_name,
+        lambda: hostile._zip([("inner.zip", hostile.not_utf8_name()), hostile.GOOD]),
     ],
 )
 def test_read_while_arriving_gives_what_the_whole_zip_gives(

@@ -69,3 +69,18 @@ def test_the_api_runs_with_its_malloc_settings_unless_the_environment_sets_them(
     chosen = api_environment({"MALLOC_MMAP_THRESHOLD_": "131072"})
     assert chosen["MALLOC_MMAP_THRESHOLD_"] == "131072"
     assert chosen["MALLOC_TRIM_THRESHOLD_"] == API_MALLOC_SETTINGS["MALLOC_TRIM_THRESHOLD_"]
+
+
+def test_an_import_root_may_be_open_to_named_keys_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PNEUMOSCAN_IMPORT_ROOTS", "/mnt/a=radiology-a+radiology-b,/mnt/b")
+    settings = load_settings()
+    assert settings.import_roots == [Path("/mnt/a"), Path("/mnt/b")]
+    assert settings.import_root_owners == {Path("/mnt/a"): {"radiology-a", "radiology-b"}}
+
+
+@pytest.mark.parametrize("where", ["storage", "storage/import", "."])
+def test_an_import_root_sharing_the_storage_folder_is_refused_at_start(
+    tmp_path: Path, where: str
+) -> None:
+    with pytest.raises(ValueError, match="is, contains or lies inside the storage folder"):
+        load_settings(home=tmp_path, import_roots=[tmp_path / where])

@@ -8,17 +8,21 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.dataelem import DataElement
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from core import dicom
 from core.imaging import DICOM, decode_for_model, sniff_file
 from tests.dicoms import (
+    BASIC_PROFILE_OTHER,
+    BASIC_PROFILE_TEXT,
     BIRTH_DATE,
     PATIENT_NAME,
     chest_like,
     dataset,
     encode,
+    identified,
     structured_report,
     voi_lut,
 )
@@ -169,19 +173,104 @@ def test_objects_that_are_not_frontal_chest_radiographs_are_refused(
     assert (dicom.refusal(info, accept_any=True) is None) is allowed_by_setting
 
 
+def with_raw_element(ds: pydicom.Dataset, tag: int, vr: str, value: object) -> bytes:
+    """`ds` encoded with an element whose value its own VR could not hold (as exports do)."""
+    ds[tag] = DataElement(tag, vr, value)
+    return encode(ds)
+
+
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            lambda: with_raw_element(dataset(chest_like()), 0x00280008, "LO", "many"),
+            "NumberOfFrames is not a number ('many')",
+        ),
+        (
+            lambda: with_raw_element(dataset(chest_like()), 0x00280010, "US", [96, 3]),
+            "Rows is not a number",
+        ),
+        (
+            lambda: encode(dataset(chest_like(), StudyInstanceUID="1." + "2" * 70)),
+            "StudyInstanceUID is 72 characters long",
+        ),
+    ],
+)
+def test_a_header_value_that_is_not_what_its_element_holds_is_a_reason_not_a_crash(
+    tmp_path: Path, data: object, message: str
+) -> None:
+    with pytest.raises(dicom.DicomError) as refused:
+        dicom.read_info(write(tmp_path, data()))  # type: ignore[operator]
+    assert message in str(refused.value)
+
+
+def test_an_unknown_transfer_syntax_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    raw = bytearray(encode(dataset(chest_like(), bits=8)))
+    at = raw.find(b"1.2.840.10008.1.2.1\x00")
+    raw[at : at + 20] = b"1.2.3.4.5.6.7.8.9.0\x00"  # the same length: the file meta still parses
+    info = dicom.read_info(write(tmp_path, bytes(raw)))
+    reason = dicom.refusal(info, accept_any=True) or ""
+    assert reason.startswith("transfer syntax 1.2.3.4.5.6.7.8.9.0 is not a known one")
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS:UserWarning")
+def test_a_nul_in_a_header_value_is_not_carried_into_what_is_stored(tmp_path: Path) -> None:
+    path = write(tmp_path, encode(dataset(chest_like(), modality="C\x00T", view="P\x00A")))
+    info = dicom.read_info(path)
+    assert "\x00" not in (info.modality or "") + (info.view_position or "")
+    assert "\x00" not in (dicom.refusal(info, accept_any=False) or "")
+
+
 def test_a_truncated_object_is_an_error(tmp_path: Path) -> None:
     data = encode(dataset(chest_like(), bits=16))
     with pytest.raises(dicom.DicomError):
         dicom.load_image(write(tmp_path, data[: len(data) // 2]), 10**9)
 
 
-def test_deidentify_removes_name_and_birth_date_and_keeps_pixels(tmp_path: Path) -> None:
-    path = write(tmp_path, encode(dataset(chest_like(), bits=12)))
+def keywords_at_every_depth(ds: pydicom.Dataset) -> set[str]:
+    found = set()
+    for element in ds:
+        found.add(element.keyword or f"private {element.tag}")
+        if element.VR == "SQ":
+            for item in element.value:
+                found |= keywords_at_every_depth(item)
+    return found
+
+
+@pytest.mark.parametrize("acr_nema", [False, True])
+def test_deidentify_follows_the_basic_profile_at_every_depth_and_keeps_pixels_and_uids(
+    tmp_path: Path, acr_nema: bool
+) -> None:
+    ds = identified(dataset(chest_like(), bits=12, WindowCenter=2048, WindowWidth=3000))
+    study_uid, sop_uid = ds.StudyInstanceUID, ds.SOPInstanceUID
+    path = write(tmp_path, encode(ds, acr_nema=acr_nema))
     before = np.asarray(dicom.load_image(path, 10**9))
     dicom.deidentify(path)
     raw = path.read_bytes()
     assert PATIENT_NAME.encode() not in raw
     assert BIRTH_DATE.encode() not in raw
+    assert b"ACC-99" not in raw
+    assert b"OTHER-7" not in raw
+    kept = pydicom.dcmread(path, force=True)
+    left = keywords_at_every_depth(kept)
+    assert not left & {*BASIC_PROFILE_TEXT, *BASIC_PROFILE_OTHER}
+    assert not any(keyword.startswith("private") for keyword in left)
+    assert (kept.StudyInstanceUID, kept.SOPInstanceUID) == (study_uid, sop_uid)
+    assert kept.PatientIdentityRemoved == "YES"
+    assert [c.CodeValue for c in kept.DeidentificationMethodCodeSequence] == ["113100", "113110"]
+    assert np.array_equal(np.asarray(dicom.load_image(path, 10**9)), before)
+    info = dicom.read_info(path)
+    assert (info.modality, info.body_part, info.view_position) == ("DX", "CHEST", "PA")
+
+
+def test_deidentify_keeps_the_lookup_tables_the_display_needs(tmp_path: Path) -> None:
+    ds = dataset(chest_like(), bits=12, VOILUTSequence=voi_lut(4096, 0))
+    ds.VOILUTSequence[0].LUTExplanation = PATIENT_NAME  # free text, even inside a LUT item
+    path = write(tmp_path, encode(ds))
+    before = np.asarray(dicom.load_image(path, 10**9))
+    dicom.deidentify(path)
+    assert PATIENT_NAME.encode() not in path.read_bytes()
     assert np.array_equal(np.asarray(dicom.load_image(path, 10**9)), before)
 
 
@@ -191,9 +280,8 @@ def test_a_preamble_that_starts_like_a_jpeg_is_still_dicom_and_is_blanked(
 ) -> None:
     ds = dataset(chest_like(), bits=12)
     if not name_element:  # only the preamble names the patient
-        for keyword in dicom.IDENTIFYING:
-            if keyword in ds:
-                delattr(ds, keyword)
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate"):
+            delattr(ds, keyword)
     ds.preamble = (b"\xff\xd8\xff\xe0" + PATIENT_NAME.encode()).ljust(128, b"\0")
     path = write(tmp_path, encode(ds), name="study.jpeg")
     assert sniff_file(path) == DICOM

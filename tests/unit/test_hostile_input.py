@@ -59,6 +59,7 @@ def test_bad_members_are_refused_with_a_reason_and_the_good_member_kept(
         (hostile.broken_central_directory, "not a readable zip archive"),
         (hostile.not_a_zip, "not a readable zip archive"),
         (hostile.empty_zip, "the archive is empty"),
+        (hostile.not_utf8_name, "a member name marked as UTF-8 is not UTF-8"),
     ],
 )
 def test_whole_archives_are_refused_with_a_reason(
