@@ -6,7 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from apiflask import APIFlask
 
-from api import errors, health, jobs, metrics, models, results, training, uploads
+from api import docs, errors, health, jobs, metrics, models, results, training, uploads
 from api.context import EXTENSION, ApiContext
 from api.openapi import RequestBodiesPlugin
 from api.schemas import ErrorOut
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
         celery=create_celery(settings),
     )
     errors.init_app(app)
+    docs.init_app(app)
     uploads.init_app(app, settings.upload_idle_seconds)
     health.init_app(app)
     metrics.init_app(app)

@@ -7,10 +7,11 @@ import io
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-from apiflask import APIBlueprint, APIFlask
+from apiflask import APIBlueprint, APIFlask, HTTPError
 from flask import Response, current_app, request, stream_with_context, url_for
 from kombu.exceptions import OperationalError as BrokerError
 from marshmallow import ValidationError
@@ -37,6 +38,7 @@ from core.archive import EMPTY_ZIP_MAGIC, ZIP_MAGIC, is_zip_file
 from core.arriving import ArrivingWriter
 from core.ingest import ARCHIVE_NAME
 from core.jobs import (
+    JobFinishedError,
     cancel_job,
     create_job,
     discard_job,
@@ -46,7 +48,7 @@ from core.jobs import (
     resolve_import_folder,
     save_uploaded_images,
 )
-from core.models import DICOM_COLUMNS, Job, JobStatus, SourceKind, utcnow
+from core.models import DICOM_COLUMNS, FINISHED_STATUSES, Job, JobStatus, SourceKind, utcnow
 from core.results import iter_results, results_page
 from worker.tasks import ingest_job
 
@@ -137,22 +139,76 @@ def _submit_raw_archive(context: ApiContext, job_id: str) -> Job:
     name = options.get("filename") or ARCHIVE_NAME
     early_rate = context.settings.early_ingest_mb_per_s * 1024 * 1024
     job: Job | None = None
+    archive = context.storage.job_dir(job_id) / ARCHIVE_NAME
     try:
-        with ArrivingWriter(context.storage.job_dir(job_id) / ARCHIVE_NAME) as upload:
+        with ArrivingWriter(archive) as upload:
             upload.write(first)
-            started = time.monotonic()
+            started = last_look = time.monotonic()
             while chunk := request.stream.read(CHUNK):
                 upload.write(chunk)
                 if job is None and _arrives_fast(upload.size, started, early_rate):
                     job = _create_and_enqueue(context, job_id, SourceKind.ARCHIVE, name)
+                elif job is not None and time.monotonic() - last_look > STOPPED_LOOK_SECONDS:
+                    last_look = time.monotonic()
+                    _raise_if_stopped(context, job_id)  # the part file goes with the exception
             _check_complete(upload.size)
+        if job is not None:
+            _raise_if_stopped(context, job_id, archive)
         return job or _create_and_enqueue(context, job_id, SourceKind.ARCHIVE, name)
+    except JobStoppedDuringUploadError as stopped:
+        _drain_body()  # so the client, still sending, reads the answer
+        raise stopped.answer() from None
     except BaseException:
+        if job is not None and (stopped_job := _stopped(context, job_id)) is not None:
+            raise JobStoppedDuringUploadError(stopped_job).answer() from None  # ingest failed it
         if job is not None:
             with context.db.session() as session:
                 discard_job(session, job_id)
         context.storage.remove_job(job_id)
         raise
+
+
+# How often an upload whose job is already queued looks whether it was cancelled (or failed
+# by its ingest) meanwhile: then the rest of the body is not written, only read.
+STOPPED_LOOK_SECONDS = 1.0
+
+
+class JobStoppedDuringUploadError(Exception):
+    """The job of an upload still arriving was cancelled, or its ingest failed it."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job.id)
+        self.job_id, self.status, self.detail = job.id, job.status, job.status_detail
+
+    def answer(self) -> HTTPError:
+        message = (
+            f"job {self.job_id} was {self.status} while its upload arrived "
+            f"({self.detail}); what was scored of it is kept"
+        )
+        error = api_error(409, message, JobFinishedError.code)
+        error.detail = {"job_id": self.job_id, "status": self.status}
+        return error
+
+
+def _stopped(context: ApiContext, job_id: str) -> Job | None:
+    with context.db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status not in FINISHED_STATUSES:
+            return None
+        session.expunge(job)
+        return job
+
+
+def _raise_if_stopped(context: ApiContext, job_id: str, archive: Path | None = None) -> None:
+    if (job := _stopped(context, job_id)) is not None:
+        if archive is not None:  # complete already: its ingest ended, nobody else removes it
+            archive.unlink(missing_ok=True)
+        raise JobStoppedDuringUploadError(job)
+
+
+def _drain_body() -> None:
+    while request.stream.read(CHUNK):
+        pass
 
 
 def _first_zip_chunk() -> bytes:
@@ -274,7 +330,7 @@ def get_job_status(job_id: str) -> dict[str, Any]:
 
 @bp.post("/jobs/<job_id>/cancel")
 @bp.auth_required(auth, roles=SUBMIT)
-@bp.output(JobOut)
+@bp.output(JobOut, status_code=202, description="Cancelled; a batch already scoring finishes")
 @bp.doc(responses={404: "No such job", 409: "Already finished"})
 def cancel(job_id: str) -> dict[str, Any]:
     """Stop a job; results already written stay."""
@@ -341,14 +397,25 @@ def _csv_lines(
     writer.writerow(CSV_COLUMNS)
     with context.db.session() as session:
         for row in iter_results(session, job_id, owner, study_uid):
-            writer.writerow(
-                ["" if getattr(row, c) is None else getattr(row, c) for c in CSV_COLUMNS]
-            )
+            writer.writerow([csv_cell(getattr(row, column)) for column in CSV_COLUMNS])
             if buffer.tell() > 64 * 1024:
                 yield buffer.getvalue()
                 buffer.seek(0)
                 buffer.truncate()
     yield buffer.getvalue()
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP: CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A value as a CSV cell: text that a spreadsheet would run as a formula stays text."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _job_out(job: Job) -> dict[str, Any]:

@@ -54,7 +54,8 @@ class Settings(BaseSettings):
         description="Server folders that JSON {'folder': ...} jobs may name; an entry "
         "PATH=name+name is open only to keys of those names (and admins).",
     )
-    # Filled from `import_roots` entries that name key names: root -> the names allowed.
+    # Derived, never read from the environment: `import_roots` entries that name key names,
+    # root -> the names allowed.
     import_root_owners: dict[Path, frozenset[str]] = Field(default_factory=dict, exclude=True)
     max_upload_mb: int = Field(2048, ge=1, description="Largest accepted request body.")
     upload_idle_seconds: int = Field(
@@ -176,7 +177,10 @@ class Settings(BaseSettings):
     @classmethod
     def _split_roots(cls, data: Any) -> Any:
         """`/mnt/a=radiology-a+radiology-b,/mnt/b`: roots, some open to named keys only."""
-        value = data.get("import_roots") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return data
+        data = {key: value for key, value in data.items() if key != "import_root_owners"}
+        value = data.get("import_roots")
         if not isinstance(value, str):
             return data
         roots, owners = [], {}
@@ -278,6 +282,11 @@ class Settings(BaseSettings):
                     f"{storage}: keep them apart"
                 )
         return self
+
+    @property
+    def database_shown(self) -> str:
+        """The database URL as it may be printed: its password masked."""
+        return make_url(self.database_url).render_as_string(hide_password=True)
 
     @property
     def uses_embedded_broker(self) -> bool:

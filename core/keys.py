@@ -63,9 +63,14 @@ def authenticate(session: Session, secret: str) -> Principal | None:
 
 
 def revoke_key(session: Session, prefix: str) -> ApiKey:
-    rows = session.scalars(
-        select(ApiKey).where(ApiKey.prefix.startswith(prefix), ApiKey.revoked_at.is_(None))
-    ).all()
+    """Revoke the one active key whose shown prefix starts with `prefix`, exactly: `%` and
+    `_` are characters, not wildcards, and case counts (SQLite's LIKE would ignore it)."""
+    candidates = session.scalars(
+        select(ApiKey).where(
+            ApiKey.prefix.startswith(prefix, autoescape=True), ApiKey.revoked_at.is_(None)
+        )
+    )
+    rows = [row for row in candidates if row.prefix.startswith(prefix)] if prefix else []
     if len(rows) != 1:
         raise NotFoundError(f"{len(rows)} active keys start with {prefix!r}; give a longer prefix")
     rows[0].revoked_at = utcnow()

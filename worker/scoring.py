@@ -27,6 +27,7 @@ from core.recovery import count_attempt, forget_attempts
 from core.registry import ArtifactIntegrityError, active_version, verified_artifact
 from core.results import ImageResult, ImageToScore, images_to_score, record_results
 from core.storage import Storage
+from core.text import storable, without_paths
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def _check_classifier(network: Any, version: ModelVersion) -> None:
         )
 
 
+MAX_ERROR_LENGTH = 2000
 GAVE_UP = "the worker stopped {times} times while scoring this image, so it was not scored"
 
 
@@ -253,8 +255,8 @@ def predict_images(
                 image.span,
                 loaded.preprocessing,
             )
-        except ImageDecodeError as exc:
-            return str(exc)
+        except ImageDecodeError as exc:  # shown to the client: no path of the server's
+            return storable(without_paths(str(exc), storage.root), MAX_ERROR_LENGTH)
 
     decoded = list(pool.map(decode, images))
     ok = [i for i, item in enumerate(decoded) if isinstance(item, np.ndarray)]

@@ -25,7 +25,7 @@ def up(ctx: click.Context) -> None:
     _first_admin_key(settings)
     _bootstrap_training(settings)
     me = [sys.executable, "-m", "core.cli"]
-    click.echo(f"pneumoscan: serving on {settings.api_url} (database {settings.database_url})")
+    click.echo(f"pneumoscan: serving on {settings.api_url} (database {settings.database_shown})")
     all_cores = {"PNEUMOSCAN_TF_INTRA_OP_THREADS": "0", "PNEUMOSCAN_TF_INTER_OP_THREADS": "0"}
     code = Supervisor(
         {

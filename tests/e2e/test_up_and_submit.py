@@ -1,10 +1,14 @@
 """What a newcomer does: `pneumoscan up`, import a model, `pneumoscan submit --wait --out`."""
 
 import csv
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.e2e.conftest import Service, pneumoscan, processes_with
+from tests.e2e.conftest import Service, free_port, pneumoscan, processes_with
+from tests.support import wait_for
 
 
 def test_up_serves_submit_writes_one_row_per_image_and_ctrl_c_stops_everything(
@@ -32,3 +36,29 @@ def test_up_serves_submit_writes_one_row_per_image_and_ctrl_c_stops_everything(
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=90) == 0
     assert processes_with(marker) == []  # every child is gone
+
+
+def test_up_does_not_print_the_database_password(postgres_url: str, tmp_path: Path) -> None:
+    """PostgreSQL here trusts local connections, so any password gets in: the one in the URL
+    must not reach the terminal (nor a log collecting it)."""
+    database = postgres_url.replace("postgres@", "postgres:hunter2-not-shown@")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PNEUMOSCAN_")}
+    env.update(
+        PNEUMOSCAN_HOME=str(tmp_path / "var"),
+        PNEUMOSCAN_DATABASE_URL=database,
+        PNEUMOSCAN_API_PORT=str(free_port()),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    log_path = tmp_path / "up.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "up"], env=env, cwd=tmp_path, stdout=log, stderr=log
+        )
+        try:
+            wait_for(lambda: "serving on" in log_path.read_text(), 90, "up to start serving")
+        finally:
+            process.terminate()
+            process.wait(90)
+    printed = log_path.read_text()
+    assert "hunter2-not-shown" not in printed
+    assert "postgresql+psycopg://postgres:***@127.0.0.1:5432/" in printed

@@ -12,6 +12,9 @@ from sqlalchemy import select
 
 from api import create_app
 from core.config import Settings
+from core.db import Database
+from core.errors import NotFoundError
+from core.keys import authenticate, create_key, revoke_key
 from core.models import ApiKey
 from tests.images import jpeg_bytes
 from tests.support import REPO, api_client, settings_env, zip_bytes
@@ -128,3 +131,25 @@ def test_keys_are_stored_only_as_hashes_and_revoked_keys_stop_working(
     )
     assert revoked.returncode == 0, revoked.stderr
     assert app.test_client().get("/v1/jobs", headers=headers).status_code == 401
+
+
+@pytest.mark.parametrize("given", ["%", "psk_%", "psk____", "SWAPCASE"])
+def test_revoking_by_prefix_takes_the_prefix_literally_and_case_sensitively(
+    backend_settings: Settings, given: str
+) -> None:
+    """`%` and `_` match only themselves, and a prefix differing only in case is another."""
+    db = Database(backend_settings.database_url)
+    try:
+        with db.session() as session:
+            key, secret = create_key(session, "pacs", "read")
+            prefix = key.prefix
+        wrong = prefix.swapcase() if given == "SWAPCASE" else given  # "PSK_..." at least
+        with db.session() as session, pytest.raises(NotFoundError):
+            revoke_key(session, wrong)
+        with db.session() as session:
+            assert authenticate(session, secret) is not None
+            revoke_key(session, prefix)
+        with db.session() as session:
+            assert authenticate(session, secret) is None
+    finally:
+        db.dispose()

@@ -1,6 +1,8 @@
 """The HTTP API on the embedded defaults: validation, errors as JSON, the OpenAPI document."""
 
+import csv
 import io
+import re
 import subprocess
 import sys
 import warnings
@@ -179,7 +181,7 @@ def test_cancel_stops_a_job_once(client: FlaskClient) -> None:
         "id"
     ]
     first = client.post(f"/v1/jobs/{job_id}/cancel")
-    assert first.status_code == 200
+    assert first.status_code == 202
     assert first.get_json()["status"] == "cancelled"
     second = client.post(f"/v1/jobs/{job_id}/cancel")
     assert second.status_code == 409
@@ -223,13 +225,18 @@ def test_health_and_readiness(client: FlaskClient) -> None:
 
 def test_readiness_reports_an_unreachable_database(tmp_path: Path) -> None:
     broken = load_settings(
-        home=tmp_path / "var", database_url="postgresql+psycopg://nobody@127.0.0.1:1/none"
+        home=tmp_path / "var",
+        database_url="postgresql+psycopg://nobody:pw-secret@127.0.0.1:1/none",
     )
     response = create_app(broken).test_client().get("/readyz")
     assert response.status_code == 503
     checks = {check["name"]: check for check in response.get_json()["checks"]}
     assert not checks["database"]["ok"]
     assert checks["broker"]["ok"]
+    # Open to anyone: it names the dependency, not its host, user or the driver's message.
+    assert checks["database"]["detail"] == "database unreachable (OperationalError)"
+    for secret in ("127.0.0.1", "nobody", "pw-secret", "none"):
+        assert secret not in response.get_data(as_text=True)
 
 
 def test_importing_the_api_and_tasks_does_not_import_tensorflow(tmp_path: Path) -> None:
@@ -241,3 +248,35 @@ def test_importing_the_api_and_tasks_does_not_import_tensorflow(tmp_path: Path) 
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_written_as_text(
+    client: FlaskClient, settings: Settings
+) -> None:
+    names = ["=HYPERLINK(evil).jpeg", "+1.jpeg", "-2.jpeg", "@SUM(A1).jpeg", "plain.jpeg"]
+    archive = zip_bytes([(name, jpeg_bytes()) for name in names])
+    response = client.post("/v1/jobs", data={"archive": (io.BytesIO(archive), "s.zip")})
+    job_id = response.get_json()["id"]
+    db = Database(settings.database_url)
+    ingest_job(db, Storage(settings.storage_dir), settings, job_id)
+    db.dispose()
+    text = client.get(f"/v1/jobs/{job_id}/results?format=csv").get_data(as_text=True)
+    paths = [row["path"] for row in csv.DictReader(io.StringIO(text))]
+    assert sorted(paths) == sorted(
+        ["'=HYPERLINK(evil).jpeg", "'+1.jpeg", "'-2.jpeg", "'@SUM(A1).jpeg", "plain.jpeg"]
+    )
+    # JSON is data, not a spreadsheet: the names stay as they are there.
+    items = client.get(f"/v1/jobs/{job_id}/results").get_json()["items"]
+    assert sorted(item["path"] for item in items) == sorted(names)
+
+
+def test_the_docs_page_loads_every_asset_from_the_api_itself(client: FlaskClient) -> None:
+    page = client.get("/docs").get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert len(assets) >= 3  # the stylesheet, the bundle, the preset (and the icon)
+    assert not re.search(r"""(?:src|href|url)\s*[=(]\s*["']?(?:https?:)?//""", page)
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.get_data()) > 100, asset

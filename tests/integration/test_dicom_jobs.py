@@ -12,7 +12,15 @@ from sqlalchemy import select
 from core.config import Settings
 from core.models import Image
 from core.storage import Storage, sha256_of
-from tests.dicoms import BIRTH_DATE, PATIENT_NAME, chest_like, dataset, encode, structured_report
+from tests.dicoms import (
+    BIRTH_DATE,
+    PATIENT_NAME,
+    chest_like,
+    dataset,
+    encode,
+    identified,
+    structured_report,
+)
 from tests.images import jpeg_bytes
 from tests.stack import Stack
 from tests.support import zip_bytes
@@ -106,5 +114,87 @@ def test_a_dicom_study_is_scored_refused_and_kept_without_patient_identity(
                 data = path.read_bytes()
                 for secret in (PATIENT_NAME, BIRTH_DATE, "Covid0000"):
                     assert secret.encode() not in data, (secret, path)
+    finally:
+        stack.close()
+
+
+def named(name: str, **elements: object) -> bytes:
+    """A DICOM object naming its patient `name` everywhere an export would."""
+    return encode(identified(dataset(chest_like(), bits=12, **elements), name))
+
+
+def jpeg_preamble(name: str) -> bytes:
+    ds = identified(dataset(chest_like(), bits=12), name)
+    ds.preamble = (b"\xff\xd8\xff\xe0" + name.encode()).ljust(128, b"\0")
+    return encode(ds)
+
+
+def every_kind_of_input(name: str) -> list[tuple[str, bytes]]:
+    """The patient's name in a scored DICOM, one sniffable as a JPEG, a refused one, a text
+    file, operating-system litter and hidden folders, and a nested zip."""
+    return [
+        ("scored.dcm", named(name)),
+        ("preamble.jpeg", jpeg_preamble(name)),
+        ("lateral.dcm", named(name, ViewPosition="LL")),
+        ("notes.txt", f"{name}, {BIRTH_DATE}".encode()),
+        ("__MACOSX/._scored.dcm", named(name)),
+        (".hidden/scored.dcm", named(name)),
+        ("nested.zip", zip_bytes([("inner.dcm", named(name)), ("inner.txt", name.encode())])),
+        ("photo.jpeg", jpeg_bytes()),
+    ]
+
+
+def test_no_patient_name_stays_on_disk_from_any_kind_of_input(
+    settings: Settings, tmp_path: Path, baseline_model: Path
+) -> None:
+    """Each kind of submission carries a name of its own; once every job has ended, no file
+    under the storage folder holds any of them (the database keeps none either)."""
+    stack = Stack(settings, tmp_path)
+    try:
+        stack.import_model(baseline_model)
+        stack.start_worker()
+        jobs: dict[str, str] = {}
+        jobs["Archive^Multipart"] = stack.submit_zip(
+            zip_bytes(every_kind_of_input("Archive^Multipart"))
+        )["id"]
+        raw = stack.client.post(
+            "/v1/jobs",
+            data=zip_bytes(every_kind_of_input("Archive^Raw")),
+            content_type="application/zip",
+        )
+        jobs["Archive^Raw"] = raw.get_json()["id"]
+        parts = [(io.BytesIO(d), path) for path, d in every_kind_of_input("Parts^Files")]
+        parts.append((io.BytesIO(zip_bytes(every_kind_of_input("Parts^Zip"))), "part.zip"))
+        sent = stack.client.post("/v1/jobs", data={"images": parts})
+        jobs["Parts^Files"] = sent.get_json()["id"]
+        folder = settings.import_roots[0] / "study"
+        folder.mkdir()
+        (folder / "in-place.dcm").write_bytes(named("Folder^InPlace"))
+        (folder / "bundle.zip").write_bytes(zip_bytes(every_kind_of_input("Folder^Zip")))
+        jobs["Folder^Zip"] = stack.client.post("/v1/jobs", json={"folder": str(folder)}).get_json()[
+            "id"
+        ]
+        for job_id in jobs.values():
+            job = stack.wait_finished(job_id)
+            assert job["status"] == "completed", job
+        counts = {name: stack.job(job_id)["total"] for name, job_id in jobs.items()}
+        # scored.dcm, preamble.jpeg, photo.jpeg and nested.zip's inner.dcm of each input; a
+        # folder's zip is already one level down, so its nested.zip is refused, and the
+        # folder's own in-place.dcm is scored.
+        assert counts == {
+            "Archive^Multipart": 4,
+            "Archive^Raw": 4,
+            "Parts^Files": 8,
+            "Folder^Zip": 4,
+        }
+
+        names = [*jobs, "Parts^Zip", "Folder^InPlace"]
+        for path in settings.home.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                for name in names:
+                    assert name.encode() not in data, (name, path)
+        # The import volume is read, never written: the folder's own file still names its patient.
+        assert b"Folder^InPlace" in (folder / "in-place.dcm").read_bytes()
     finally:
         stack.close()

@@ -302,6 +302,48 @@ def test_a_raw_zip_upload_cut_off_while_ingest_reads_it_leaves_nothing(
     assert "Traceback" not in up.stack.worker.log()
 
 
+def test_cancelling_a_job_while_its_zip_arrives_keeps_it_cancelled_and_answers_409(
+    early_upload_embedded: EarlyUpload,
+) -> None:
+    """The cancel is accepted, the upload is answered with a clear 409 naming the job, the job
+    stays (cancelled, what was scored kept), and nothing of the upload stays on disk."""
+    up = early_upload_embedded
+    cancelled: list[int] = []
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{up.stack.settings.api_port}",
+        headers={"Authorization": f"Bearer {up.key}"},
+    )
+
+    def body() -> Iterator[bytes]:
+        yield from up.first_half()
+        wait_for(lambda: up.recorded_images() >= 8, 60, "ingest to read the first half")
+        with up.stack.db.session() as session:
+            job_id = session.scalars(select(Job.id)).one()
+        cancelled.append(client.post(f"/v1/jobs/{job_id}/cancel").status_code)
+        time.sleep(1.5)  # the API looks at its job once a second while it receives
+        for start in range(up.cut, len(up.data), MB):
+            yield up.data[start : start + MB]
+
+    response = up.post(body())
+    assert cancelled == [202]
+    assert response.status_code == 409, response.text
+    error = response.json()["error"]
+    assert error["code"] == "job_finished"
+    assert "was cancelled while its upload arrived" in error["message"]
+    job = up.stack.job(error["details"]["job_id"])
+    assert job["status"] == "cancelled"
+    rows = up.stack.results(job["id"])
+    assert len(rows) >= 8  # what ingest recorded before the cancel is kept
+    assert sum(row["probability"] is not None for row in rows) == job["scored"]
+    folder = up.stack.settings.storage_dir / "uploads" / job["id"]
+    wait_for(
+        lambda: not [p for p in folder.rglob("*") if "archive.zip" in p.name or p.suffix == ".zip"],
+        30,
+        "the upload's files to go",
+    )
+    client.close()
+
+
 def test_a_stalled_upload_is_dropped_and_frees_the_ingest_waiting_for_it(
     early_upload_impatient: EarlyUpload,
 ) -> None:

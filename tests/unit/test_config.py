@@ -78,9 +78,22 @@ def test_an_import_root_may_be_open_to_named_keys_only(monkeypatch: pytest.Monke
     assert settings.import_root_owners == {Path("/mnt/a"): {"radiology-a", "radiology-b"}}
 
 
+def test_who_may_use_an_import_root_is_not_read_from_a_variable_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PNEUMOSCAN_IMPORT_ROOTS", "/mnt/a=radiology-a")
+    monkeypatch.setenv("PNEUMOSCAN_IMPORT_ROOT_OWNERS", '{"/mnt/a": ["intruder"]}')
+    assert load_settings().import_root_owners == {Path("/mnt/a"): {"radiology-a"}}
+
+
 @pytest.mark.parametrize("where", ["storage", "storage/import", "."])
 def test_an_import_root_sharing_the_storage_folder_is_refused_at_start(
     tmp_path: Path, where: str
 ) -> None:
     with pytest.raises(ValueError, match="is, contains or lies inside the storage folder"):
         load_settings(home=tmp_path, import_roots=[tmp_path / where])
+
+
+def test_the_database_url_is_shown_without_its_password() -> None:
+    settings = load_settings(database_url="postgresql+psycopg://scan:s3cret@db.example/pneumo")
+    assert settings.database_shown == "postgresql+psycopg://scan:***@db.example/pneumo"
