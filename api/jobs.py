@@ -29,6 +29,7 @@ from api.schemas import (
     JobsPageOut,
     JobsQuery,
     RejectedListOut,
+    RejectedQuery,
     ResultsPageOut,
     ResultsQuery,
     UploadJobIn,
@@ -44,7 +45,7 @@ from core.jobs import (
     discard_job,
     get_job,
     list_jobs,
-    list_rejected,
+    rejected_page,
     resolve_import_folder,
     save_uploaded_images,
 )
@@ -340,16 +341,18 @@ def cancel(job_id: str) -> dict[str, Any]:
 
 @bp.get("/jobs/<job_id>/rejected")
 @bp.auth_required(auth, roles=READ)
+@bp.input(RejectedQuery, location="query")
 @bp.output(RejectedListOut)
 @bp.doc(responses={404: "No such job"})
-def rejected(job_id: str) -> dict[str, Any]:
-    """Entries of the upload that were not scored as images, with the reason."""
+def rejected(job_id: str, query_data: dict[str, Any]) -> dict[str, Any]:
+    """A page of the entries of the upload that were not scored as images, with the reason."""
     with api_context(current_app).db.session() as session:
+        page = rejected_page(
+            session, job_id, query_data["page"], query_data["per_page"], caller().owner_filter
+        )
         return {
-            "items": [
-                {"path": r.path, "reason": r.reason}
-                for r in list_rejected(session, job_id, caller().owner_filter)
-            ]
+            "items": [{"path": r.path, "reason": r.reason} for r in page.items],
+            "pagination": pagination(page),
         }
 
 

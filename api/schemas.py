@@ -46,6 +46,10 @@ class JobsQuery(PageQuery):
     status = String(validate=OneOf([status.value for status in JobStatus]))
 
 
+class RejectedQuery(PageQuery):
+    per_page = Integer(load_default=500, validate=Range(min=1, max=5000))
+
+
 class ResultsQuery(PageQuery):
     per_page = Integer(load_default=500, validate=Range(min=1, max=5000))
     format = String(load_default="json", validate=OneOf(["json", "csv"]))
@@ -119,6 +123,7 @@ class RejectedOut(Schema):
 
 class RejectedListOut(Schema):
     items = List(Nested(RejectedOut))
+    pagination = Nested(PaginationOut)
 
 
 class CheckOut(Schema):

@@ -6,6 +6,8 @@ Every multipart file is written, while it arrives, to a temporary file under
 sweep deletes only the temporary files nobody holds (their API process died).
 
 A client that goes quiet in the middle of a body is dropped after `upload_idle_seconds`.
+Bodies that are not uploads (JSON) are capped at `JSON_BODY_LIMIT`; a multipart request may
+carry `max_upload_files` files (each holds an open file until the request ends).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from apiflask import APIFlask
 from flask import Request, current_app, request
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import FileStorage
-from werkzeug.exceptions import ClientDisconnected
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from api.context import api_context
 from api.errors import api_error, render_error
@@ -29,6 +31,8 @@ from core.recovery import INCOMING
 from core.storage import Storage
 
 CHUNK = 1024 * 1024
+JSON_BODY_LIMIT = 1024 * 1024  # a folder job's JSON is a few hundred bytes
+UPLOAD_TYPES = ("application/zip", "multipart/form-data")
 
 
 def init_app(app: APIFlask, idle_seconds: int) -> None:
@@ -47,6 +51,21 @@ def init_app(app: APIFlask, idle_seconds: int) -> None:
         connection = request.environ.get("gunicorn.socket")
         if connection is not None:
             connection.settimeout(idle_seconds)
+
+    @app.before_request
+    def _limit_other_bodies() -> None:
+        if request.mimetype not in UPLOAD_TYPES:
+            request.max_content_length = JSON_BODY_LIMIT
+
+    def _too_large(error: RequestEntityTooLarge) -> ResponseReturnValue:
+        limit = request.max_content_length
+        if request.mimetype not in UPLOAD_TYPES:
+            message = f"a body that is not an upload is at most {JSON_BODY_LIMIT // 1024} KiB"
+        else:
+            message = f"the upload is larger than the limit of {(limit or 0) // 2**20} MB"
+        return render_error(api_error(413, message, "too_large"))
+
+    app.register_error_handler(RequestEntityTooLarge, _too_large)
 
     def _stopped(error: ClientDisconnected) -> ResponseReturnValue:
         message = (
@@ -74,6 +93,8 @@ def _locked_temporary(incoming: Path) -> IO[bytes]:
 class StreamingUploadRequest(Request):
     """Multipart files go to a locked temporary file on the storage volume as they arrive."""
 
+    files_opened = 0
+
     def _get_file_stream(
         self,
         total_content_length: int | None,
@@ -81,7 +102,16 @@ class StreamingUploadRequest(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IO[bytes]:
-        return _locked_temporary(incoming_dir(api_context(current_app).storage))
+        context = api_context(current_app)
+        self.files_opened += 1
+        if self.files_opened > context.settings.max_upload_files:
+            raise api_error(
+                413,
+                f"more than {context.settings.max_upload_files} files in one request: "
+                "send them as one zip archive",
+                "too_many_files",
+            )
+        return _locked_temporary(incoming_dir(context.storage))
 
 
 def persist(upload: FileStorage, target: Path) -> None:

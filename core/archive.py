@@ -14,12 +14,14 @@ import zipfile
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, TypeVar
 
 from core.imaging import JPEG, PNG, sniff_format
 from core.storage import Span
 
+T = TypeVar("T")
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 COPY_CHUNK = 1024 * 1024
@@ -33,7 +35,19 @@ class ArchiveError(Exception):
 
 
 class ArchiveLimitError(ArchiveError):
-    """A limit of the whole job (members, uncompressed bytes) was passed."""
+    """A limit of the whole job (members, uncompressed bytes) was passed: the job stops,
+    however deep in nested archives it happened."""
+
+
+class StorageWriteError(ArchiveLimitError):
+    """Our own copy could not be written (the storage volume is full, or failing): the job
+    stops with the reason rather than completing with images missing."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(
+            f"the storage folder could not take the upload's files ({exc.strerror or exc}): "
+            "the job is stopped with nothing scored; free space and submit it again"
+        )
 
 
 class UnsafePathError(ValueError):
@@ -305,6 +319,14 @@ class MemberRefusedError(Exception):
     """One member cannot be read; the message says why."""
 
 
+def _writing(write: Callable[[], T]) -> T:
+    """A write to our own storage: its failure is the storage's, never the member's."""
+    try:
+        return write()
+    except OSError as exc:
+        raise StorageWriteError(exc) from exc
+
+
 def _copy_member(
     chunks: Iterator[bytes],
     compress_size: int,
@@ -322,7 +344,7 @@ def _copy_member(
     try:
         for chunk in chunks:
             if not written and not (in_place and sniff_format(chunk[:132]) in (JPEG, PNG)):
-                sink = target.open("wb")
+                sink = _writing(lambda: target.open("wb"))
             written += len(chunk)
             budget.count_bytes(len(chunk))  # every byte decompressed counts, refused or not
             if written > RATIO_GRACE_BYTES and written > ratio_limit:
@@ -331,15 +353,15 @@ def _copy_member(
                 )
             digest.update(chunk)
             if sink is not None:
-                sink.write(chunk)
+                _writing(partial(sink.write, chunk))
         if not written:
-            target.touch()  # an empty member is an empty file (and refused as no image)
+            _writing(target.touch)  # an empty member is an empty file (and refused as no image)
             return digest.hexdigest(), True
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
         raise MemberRefusedError(f"corrupt member: {exc}") from exc
     finally:
         if sink is not None:
-            sink.close()
+            _writing(sink.close)  # a full disk may show only when the buffer is flushed
     return digest.hexdigest(), sink is not None
 
 

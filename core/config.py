@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     # root -> the names allowed.
     import_root_owners: dict[Path, frozenset[str]] = Field(default_factory=dict, exclude=True)
     max_upload_mb: int = Field(2048, ge=1, description="Largest accepted request body.")
+    max_upload_files: int = Field(
+        100,
+        ge=1,
+        description="Files one multipart request may carry (each holds an open file while "
+        "the request lasts); more go in a zip.",
+    )
     upload_idle_seconds: int = Field(
         60,
         ge=1,
@@ -73,7 +79,10 @@ class Settings(BaseSettings):
     max_archive_mb: int = Field(20_480, ge=1, description="Total uncompressed bytes per job.")
     max_compression_ratio: int = Field(200, ge=1, description="Uncompressed/compressed per member.")
     max_image_pixels: int = Field(
-        180_000_000, ge=1, description="Pillow's decompression-bomb limit."
+        50_000_000,
+        ge=1,
+        description="Images with more pixels are refused before decoding (and Pillow's "
+        "decompression-bomb limit); at the default one decode peaks near 430 MB.",
     )
     batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass (GPU: 256).")
     device: Literal["cpu", "gpu"] = Field(

@@ -19,6 +19,7 @@ JPEG = "jpeg"
 PNG = "png"
 DICOM = "dicom"
 
+ROWS_PER_BLOCK = 256
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 
@@ -212,8 +213,14 @@ def configure_pillow(max_pixels: int) -> None:
 def _to_grayscale(image: Image.Image) -> Image.Image:
     if image.mode in _SIXTEEN_BIT_MODES:
         # Map the full 16-bit range onto 8 bits instead of letting convert("L") clip at 255.
-        wide = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.clip(wide / 257.0, 0, 255).astype(np.uint8), mode="L")
+        # A block of rows at a time: the whole image in float64 would take 8 bytes a pixel.
+        wide = np.asarray(image)
+        narrow = np.empty(wide.shape, dtype=np.uint8)
+        for at in range(0, wide.shape[0], ROWS_PER_BLOCK):
+            narrow[at : at + ROWS_PER_BLOCK] = np.clip(
+                wide[at : at + ROWS_PER_BLOCK] / 257.0, 0, 255
+            )
+        return Image.fromarray(narrow, mode="L")
     if image.mode == "L":
         return image
     return image.convert("L")

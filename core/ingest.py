@@ -27,6 +27,7 @@ from core.archive import (
     Candidate,
     Entry,
     Rejection,
+    StorageWriteError,
     is_ignored,
     is_zip_file,
     iter_archive,
@@ -53,7 +54,7 @@ from core.recovery import claim_ingest, refresh_ingest_claim, release_ingest_cla
 from core.registry import active_version
 from core.results import complete_if_done
 from core.retention import keep_only_images
-from core.storage import Storage, sha256_of
+from core.storage import STORAGE_FULL, Storage, sha256_of
 from core.text import is_encodable, storable, without_paths
 
 log = logging.getLogger(__name__)
@@ -369,6 +370,8 @@ def _classify_readable(
         try:
             row = _classify(candidate, storage, ours, accept_any, seen)
         except OSError as exc:
+            if exc.errno in STORAGE_FULL:  # de-identifying our copy needed room it had not
+                raise StorageWriteError(exc) from exc
             row = Rejection(candidate.relative_path, f"cannot be read: {exc.strerror or exc}")
     if ours and isinstance(row, Rejection):
         candidate.path.unlink(missing_ok=True)  # our copy of something never scored

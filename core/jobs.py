@@ -96,13 +96,17 @@ def list_jobs(
     return Page(list(rows), total, page, per_page)
 
 
-def list_rejected(session: Session, job_id: str, owner: str | None = None) -> list[RejectedEntry]:
+def rejected_page(
+    session: Session, job_id: str, page: int, per_page: int, owner: str | None = None
+) -> Page:
+    """A page of what the job's upload held that was not scored, in the order it was met."""
     get_job(session, job_id, owner)
-    return list(
-        session.scalars(
-            select(RejectedEntry).where(RejectedEntry.job_id == job_id).order_by(RejectedEntry.id)
-        )
+    query = select(RejectedEntry).where(RejectedEntry.job_id == job_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(RejectedEntry.id).offset((page - 1) * per_page).limit(per_page)
     )
+    return Page(list(rows), total, page, per_page)
 
 
 def cancel_job(session: Session, job_id: str, owner: str | None = None) -> Job:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 HASH_CHUNK = 1024 * 1024
+# A write to the storage volume failed for want of room: the volume's trouble, not the input's.
+STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class Span(NamedTuple):

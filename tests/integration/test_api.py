@@ -153,6 +153,36 @@ def test_upload_over_the_limit_is_refused_with_413(tmp_path: Path) -> None:
     response = client.post("/v1/jobs", data={"archive": (io.BytesIO(archive), "s.zip")})
     assert response.status_code == 413
     assert error_of(response)["code"] == "too_large"
+    assert "larger than the limit of 1 MB" in error_of(response)["message"]
+
+
+def test_a_json_body_over_one_mebibyte_is_refused_before_it_is_read(
+    client: FlaskClient, settings: Settings
+) -> None:
+    """The upload limit (2 GB by default) is for uploads; a folder job's JSON is tiny."""
+    folder = str(settings.import_roots[0]) if settings.import_roots else "/srv/import"
+    body = '{"folder": "' + folder + '", "padding": "' + "x" * (1024 * 1024) + '"}'
+    response = client.post("/v1/jobs", data=body, content_type="application/json")
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "too_large"
+    assert "at most 1024 KiB" in error_of(response)["message"]
+
+
+def test_a_multipart_request_with_more_files_than_allowed_is_refused_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(home=tmp_path / "var", max_upload_files=5)
+    upgrade(settings.database_url)
+    client = api_client(create_app(settings))
+    parts = [(io.BytesIO(jpeg_bytes()), f"{i}.jpeg") for i in range(6)]
+    response = client.post("/v1/jobs", data={"images": parts})
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "too_many_files"
+    assert "more than 5 files in one request" in error_of(response)["message"]
+    uploads = Storage(settings.storage_dir).root / "uploads"
+    assert [p for p in uploads.rglob("*") if p.is_file()] == []
+    five = [(io.BytesIO(jpeg_bytes()), f"{i}.jpeg") for i in range(5)]
+    assert client.post("/v1/jobs", data={"images": five}).status_code == 202
 
 
 @pytest.mark.parametrize(
@@ -280,3 +310,20 @@ def test_the_docs_page_loads_every_asset_from_the_api_itself(client: FlaskClient
         response = client.get(asset)
         assert response.status_code == 200, asset
         assert len(response.get_data()) > 100, asset
+
+
+def test_rejected_entries_come_in_pages(client: FlaskClient, settings: Settings) -> None:
+    names = [f"notes-{i:02}.txt" for i in range(7)]
+    archive = zip_bytes([(name, b"not an image") for name in names])
+    job_id = client.post("/v1/jobs", data={"archive": (io.BytesIO(archive), "s.zip")}).get_json()[
+        "id"
+    ]
+    ingest_job(Database(settings.database_url), Storage(settings.storage_dir), settings, job_id)
+    pages = [
+        client.get(f"/v1/jobs/{job_id}/rejected?per_page=3&page={page}").get_json()
+        for page in (1, 2, 3)
+    ]
+    assert [len(page["items"]) for page in pages] == [3, 3, 1]
+    assert [item["path"] for page in pages for item in page["items"]] == names
+    assert pages[0]["pagination"] == {"page": 1, "per_page": 3, "total": 7, "pages": 3}
+    assert client.get(f"/v1/jobs/{job_id}/rejected?per_page=5001").status_code == 400

@@ -29,6 +29,7 @@ from core.models import Image, Job, RejectedEntry, utcnow
 from core.recovery import jobs_to_ingest_again
 from core.storage import Storage
 from tests import hostile
+from tests.conftest import unavailable
 from tests.dicoms import chest_like, dataset, encode
 from tests.images import jpeg_bytes
 from tests.stack import Stack
@@ -260,3 +261,43 @@ def test_an_ingest_the_database_keeps_refusing_ends_after_the_attempt_limit(
         assert not Storage(settings.storage_dir).job_dir(job["id"]).exists()
     finally:
         stack.close()
+
+
+@pytest.fixture
+def small_storage(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs as the storage folder: a real full disk, not a mocked write."""
+    folder = tmp_path / "storage"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        unavailable(f"cannot mount a tmpfs (root needed): {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_disk_that_fills_up_while_expanding_fails_the_job_with_the_reason(
+    tmp_path: Path, small_storage: Path
+) -> None:
+    """Not "corrupt member" and a job completed with images missing: the job fails, says the
+    storage is full, and gives the room back; the next job that fits is scored."""
+    settings = load_settings(home=tmp_path / "var", storage_dir=small_storage)
+    upgrade(settings.database_url)
+    ingest = Ingest(settings)
+    try:
+        noise = [(f"{i}.dcm", os.urandom(1100 * 1024)) for i in range(2)]  # copied on expansion
+        job = ingest.run(ingest.submit(zip_bytes([("a.jpeg", jpeg_bytes()), *noise])))
+        assert job.status == "failed"
+        assert "storage folder could not take the upload's files (No space left on device)" in (
+            job.status_detail or ""
+        )
+        assert not ingest.storage.job_dir(job.id).exists()
+        with ingest.db.session() as session:
+            assert session.scalars(select(Image).where(Image.job_id == job.id)).all() == []
+        fits = ingest.run(ingest.submit(zip_bytes([("b.jpeg", jpeg_bytes())])))
+        assert (fits.status, fits.total) == ("queued", 1)  # queued: this test imports no model
+    finally:
+        ingest.close()

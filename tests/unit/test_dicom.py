@@ -317,3 +317,61 @@ def test_every_dicom_column_is_read_from_the_header_and_shown_with_results() -> 
     assert set(DICOM_COLUMNS) <= set(info_fields)
     assert all(hasattr(Image, column) for column in DICOM_COLUMNS)
     assert row_fields[-len(DICOM_COLUMNS) :] == list(DICOM_COLUMNS)  # the query's order
+
+
+def _jpeg_dataset(stream_rows: int, stream_columns: int) -> pydicom.Dataset:
+    """A JPEG baseline object whose header says 96x80, with a stream of the size given."""
+    picture = Image.fromarray(
+        np.round(chest_like(stream_rows, stream_columns) * 255).astype(np.uint8)
+    )
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=90)
+    ds = dataset(chest_like(), bits=8)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds
+
+
+def _j2k_dataset(stream_rows: int, stream_columns: int) -> pydicom.Dataset:
+    """A JPEG 2000 object whose header says 8x8, with a code stream of the size given."""
+    ds = dataset(chest_like(stream_rows, stream_columns), bits=12)
+    ds.compress(JPEG2000Lossless)
+    ds.Rows, ds.Columns = 8, 8
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("make", "stated"),
+    [
+        (
+            lambda: _j2k_dataset(3000, 3000),
+            "code stream states 3000x3000 pixels, the header 8x8",
+        ),
+        (lambda: _jpeg_dataset(900, 700), "code stream states 700x900 pixels, the header 80x96"),
+    ],
+)
+def test_a_code_stream_larger_than_its_header_says_is_refused_before_decoding(
+    tmp_path: Path, make: object, stated: str
+) -> None:
+    """The decoder allocates what the stream states: the limit must apply to that size."""
+    path = write(tmp_path, encode(make()))  # type: ignore[operator]
+    with pytest.raises(dicom.DicomError, match=stated):
+        dicom.load_image(path, max_pixels=10_000)
+
+
+def test_a_code_stream_with_no_size_to_read_is_refused(tmp_path: Path) -> None:
+    ds = _jpeg_dataset(96, 80)
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0\x00\x04" + b"\x00" * 32])
+    with pytest.raises(dicom.DicomError, match="code stream states no size we can read"):
+        dicom.load_image(write(tmp_path, encode(ds)), max_pixels=10_000)
+
+
+def test_a_jpeg_2000_code_stream_wrapped_in_a_jp2_file_is_measured(tmp_path: Path) -> None:
+    ds = _j2k_dataset(120, 90)
+    stream = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
+    wrapped = dicom.JP2_SIGNATURE + b"\x00\x00\x00\x14ftypjp2 " + b"\x00" * 8
+    ds.PixelData = encapsulate([wrapped + len(stream).to_bytes(4, "big") + b"jp2c" + stream])
+    with pytest.raises(dicom.DicomError, match="states 90x120 pixels, the header 8x8"):
+        dicom.load_image(write(tmp_path, encode(ds)), max_pixels=10_000)
