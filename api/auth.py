@@ -1,4 +1,5 @@
-"""Bearer API keys on every /v1 endpoint; a scope (read < submit < admin) per endpoint."""
+"""Bearer API keys on every /v1 endpoint; the role each endpoint needs (core/keys.py ROLES
+says which scopes hold it: read < submit < admin, and review, which labels, beside submit)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from core.keys import Principal, authenticate
 
 auth = HTTPTokenAuth(
     scheme="Bearer",
-    description="An API key from `pneumoscan keys create --name N --scope read|submit|admin`.",
+    description="An API key from `pneumoscan keys create --name N "
+    "--scope read|submit|review|admin`.",
 )
-READ, SUBMIT, ADMIN = ["read"], ["submit"], ["admin"]
+READ, SUBMIT, REVIEW, ADMIN = ["read"], ["submit"], ["review"], ["admin"]
 
 
 @auth.verify_token

@@ -7,7 +7,7 @@ from typing import Any
 from apiflask import APIBlueprint, APIFlask
 from flask import current_app
 
-from api.auth import SUBMIT, auth, caller
+from api.auth import REVIEW, auth, caller
 from api.context import api_context
 from api.schemas import LabelIn, LabelOut
 from core.labels import set_label
@@ -20,14 +20,15 @@ def init_app(app: APIFlask) -> None:
 
 
 @bp.put("/results/<int(max=9223372036854775807):result_id>/label")
-@bp.auth_required(auth, roles=SUBMIT)
+@bp.auth_required(auth, roles=REVIEW)
 @bp.input(LabelIn, location="json")
 @bp.output(LabelOut)
 @bp.doc(responses={404: "No such result", 409: "The image was never scored"})
 def put_label(result_id: int, json_data: dict[str, Any]) -> dict[str, Any]:
     """Confirm a label (recorded with the key's name); a later label replaces an earlier one.
 
-    It feeds the next training run.
+    Needs a `review` (or `admin`) key: the label feeds the next training run of the model
+    everyone's images are scored with.
     """
     with api_context(current_app).db.session() as session:
         who = caller()

@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     retrain_cron: str = Field("0 2 * * *", description="When beat starts the nightly retraining.")
     train_architecture: str = Field("inception_resnet_v2", description="Default architecture.")
     train_epochs: int = Field(40, ge=1, description="Default epochs of a training run.")
+    max_training_labels: int = Field(
+        20_000,
+        ge=0,
+        description="Confirmed labels one training run reads (the most recent; the rest are "
+        "counted as left out): at 75x75 the default holds about 340 MB of images.",
+    )
     train_batch_size: int = Field(100, ge=1, description="Images per training step.")
     train_augment: str = Field(
         "acquisition",

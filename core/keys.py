@@ -12,8 +12,16 @@ from sqlalchemy.orm import Session
 from core.errors import InvalidInputError, NotFoundError
 from core.models import ApiKey, utcnow
 
-# Each scope includes the ones before it.
-SCOPES = ("read", "submit", "admin")
+# What each scope may do. read: see its own (its key name's) jobs; submit: send jobs too;
+# review: see every job's results and confirm labels, which train the shared model (a
+# radiologist's key: submitting does not let a client teach the model); admin: everything.
+ROLES: dict[str, tuple[str, ...]] = {
+    "read": ("read",),
+    "submit": ("read", "submit"),
+    "review": ("read", "review"),
+    "admin": ("read", "submit", "review", "admin"),
+}
+SCOPES = tuple(ROLES)
 KEY_PREFIX = "psk_"
 
 
@@ -30,12 +38,13 @@ class Principal:
 
     @property
     def roles(self) -> list[str]:
-        return list(SCOPES[: SCOPES.index(self.scope) + 1])
+        return list(ROLES[self.scope])
 
     @property
     def owner_filter(self) -> str | None:
-        """The owner whose jobs this caller may see; None means every job."""
-        return None if self.is_admin else self.name
+        """The owner whose jobs this caller may see; None means every job (admins, and
+        reviewers, who read every job's results)."""
+        return None if self.scope in ("admin", "review") else self.name
 
 
 def hash_key(secret: str) -> str:

@@ -62,8 +62,9 @@ def set_label(
     return existing
 
 
-def labelled_images(session: Session) -> list[LabelledImage]:
-    rows = session.execute(
+def labelled_images(session: Session, limit: int | None = None) -> list[LabelledImage]:
+    """The labelled images, the `limit` most recently labelled when there are more."""
+    query = (
         select(
             Image.id,
             Image.location,
@@ -76,11 +77,17 @@ def labelled_images(session: Session) -> list[LabelledImage]:
             Image.size_bytes,
         )
         .join(Label, Label.image_id == Image.id)
-        .order_by(Image.id)
+        .order_by(Label.labelled_at.desc(), Image.id.desc())
+        .limit(limit)
     )
+    rows = sorted(session.execute(query), key=lambda row: row.id)
     return [
         LabelledImage(*row[:7], span=span_of(row.member_offset, row.size_bytes)) for row in rows
     ]
+
+
+def count_labels(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Label)) or 0
 
 
 def newest_label_time(session: Session) -> datetime | None:

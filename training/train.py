@@ -20,7 +20,7 @@ from core.config import Settings
 from core.db import Database
 from core.imaging import Preprocessing
 from core.inference import configure_tensorflow
-from core.labels import labelled_images, newest_label_time
+from core.labels import count_labels, labelled_images, newest_label_time
 from core.models import RunStatus
 from core.registry import MODEL_FILENAME, register_version
 from core.storage import Storage
@@ -88,6 +88,8 @@ class Datasets:
     holdout_source: str
     labels_used: int
     labels_until: datetime | None
+    labels_set_aside: int = 0  # they contradict the reference label of the same bytes
+    labels_left_out: int = 0  # over PNEUMOSCAN_MAX_TRAINING_LABELS: the oldest wait
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,8 @@ class Datasets:
             "holdout": class_counts(self.holdout),
             "holdout_source": self.holdout_source,
             "confirmed_labels": self.labels_used,
+            "confirmed_labels_set_aside": self.labels_set_aside,
+            "confirmed_labels_left_out": self.labels_left_out,
             "patients": {
                 "train": len({s.patient for s in self.train}),
                 "validation": len({s.patient for s in self.validation}),
@@ -108,7 +112,8 @@ def gather_datasets(db: Database, storage: Storage, settings: Settings, data_dir
     """Reference folder plus confirmed labels, split by patient into train, validation, holdout."""
     reference = read_labelled_folder(data_dir)
     with db.session() as session:
-        labelled, until = labelled_images(session), newest_label_time(session)
+        labelled = labelled_images(session, settings.max_training_labels)
+        until, left_out = newest_label_time(session), count_labels(session) - len(labelled)
     confirmed = [
         Sample(
             storage.resolve(item.location),
@@ -128,16 +133,33 @@ def gather_datasets(db: Database, storage: Storage, settings: Settings, data_dir
     else:
         pool, holdout = split_by_patient(reference, HOLDOUT_FRACTION, "holdout")
         source = f"{int(HOLDOUT_FRACTION * 100)} % of {data_dir} by patient"
-    # A confirmed label overrides the reference label of the same bytes.
+    confirmed, set_aside = without_contradictions(confirmed, [*reference, *holdout])
+    # A confirmed label that agrees with the reference stands in for the reference's copy.
     relabelled = {s.sha256 for s in confirmed}
     pool = exclude_overlap([s for s in pool if s.sha256 not in relabelled] + confirmed, holdout)
     train, validation = split_by_patient(pool, VALIDATION_FRACTION, "validation")
-    datasets = Datasets(train, validation, holdout, source, len(confirmed), until)
+    datasets = Datasets(
+        train, validation, holdout, source, len(confirmed), until, set_aside, left_out
+    )
     for name in ("train", "validation", "holdout"):
         counts = class_counts(getattr(datasets, name))
         if min(counts.values()) == 0:
             raise ValueError(f"the {name} split lacks a class: {counts}; more data is needed")
     return datasets
+
+
+def without_contradictions(
+    confirmed: list[Sample], reference: list[Sample]
+) -> tuple[list[Sample], int]:
+    """The confirmed labels to train on, and how many were set aside: any label on bytes the
+    reference labels otherwise, or that other confirmed labels call the other class. They stay
+    recorded (a reviewer may be right), but one key cannot overturn the reference set, nor
+    two reviewers' disagreement train the model either way."""
+    classes: dict[str, set[int]] = {}
+    for sample in [*reference, *confirmed]:
+        classes.setdefault(sample.sha256, set()).add(sample.label)
+    kept = [s for s in confirmed if len(classes[s.sha256]) == 1]
+    return kept, len(confirmed) - len(kept)
 
 
 def patients_of_split(reference: list[Sample], split: str) -> set[str] | None:

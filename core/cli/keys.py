@@ -15,7 +15,13 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--name", required=True, help="The client; keys of one name share its jobs.")
-@click.option("--scope", required=True, type=click.Choice(["read", "submit", "admin"]))
+@click.option(
+    "--scope",
+    required=True,
+    type=click.Choice(["read", "submit", "review", "admin"]),
+    help="read: its own jobs; submit: and send jobs; review: every job, and confirm labels; "
+    "admin: everything.",
+)
 @click.pass_context
 def keys_create(ctx: click.Context, name: str, scope: str) -> None:
     """Create a key and print it once: it cannot be shown again."""

@@ -356,11 +356,14 @@ def test_confirmed_labels_feed_the_next_run_and_a_later_label_replaces_an_earlie
     try:
         stack.import_model(baseline_model)
         stack.start_worker()
-        job_id = stack.submit_zip(zip_bytes([(f"new/{i}.jpeg", jpeg_bytes()) for i in range(4)]))[
-            "id"
-        ]
+        job_id = stack.submit_zip(
+            zip_bytes([(f"new/{i}.jpeg", jpeg_bytes(quality=60 + i)) for i in range(4)])
+        )["id"]
         stack.wait_finished(job_id)
         ids = [r["id"] for r in stack.results(job_id)]
+        submitter = api_client(stack.app, "submit", "tests")
+        refused = submitter.put(f"/v1/results/{ids[0]}/label", json={"label": "NORMAL"})
+        assert refused.status_code == 403  # submitting does not let a client teach the model
         for result_id, label in zip(
             ids, ["NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA"], strict=True
         ):
@@ -663,3 +666,55 @@ def test_cli_train_shows_progress_registers_and_refuses_a_concurrent_run(
     )
     assert blocked.returncode != 0
     assert "training run 2 is already queued or running" in blocked.stderr
+
+
+def test_a_label_contradicting_the_reference_is_kept_not_trained_on_and_labels_are_capped(
+    tmp_path: Path, small_reference: Path
+) -> None:
+    """One reviewer's label cannot overturn the reference label of the same bytes; a run reads
+    at most PNEUMOSCAN_MAX_TRAINING_LABELS labels, the newest, and says what it set aside."""
+    from core.ingest import ingest_job
+    from core.labels import set_label
+    from core.models import Label, utcnow
+    from training.train import gather_datasets
+
+    stack = training_stack(tmp_path, small_reference, max_training_labels=4)
+    try:
+        sick = sorted((small_reference / "PNEUMONIA").iterdir())
+        well = sorted((small_reference / "NORMAL").iterdir())
+        members = [
+            ("new-1.jpeg", jpeg_bytes(quality=60)),
+            ("contradicts.jpeg", sick[0].read_bytes()),
+            ("agrees.jpeg", sick[1].read_bytes()),
+            ("agrees-too.jpeg", well[0].read_bytes()),
+            ("new-2.jpeg", jpeg_bytes(quality=70)),
+        ]
+        job_id = stack.submit_zip(zip_bytes(members))["id"]
+        storage = Storage(stack.settings.storage_dir)
+        ingest_job(stack.db, storage, stack.settings, job_id)
+        labels = ["NORMAL", "NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA"]  # the oldest first
+        with stack.db.session() as session:
+            images = {i.relative_path: i for i in session.scalars(select(Image))}
+            for image in images.values():
+                image.scored_at, image.probability = utcnow(), 0.5
+        for (name, _), label in zip(members, labels, strict=True):
+            with stack.db.session() as session:
+                set_label(session, images[name].id, label, "dr-a")
+
+        data = gather_datasets(stack.db, storage, stack.settings, small_reference)
+        summary = data.summary()
+        assert summary["confirmed_labels_left_out"] == 1  # new-1, the oldest of five
+        assert summary["confirmed_labels_set_aside"] == 1  # contradicts.jpeg
+        assert summary["confirmed_labels"] == 3
+        contradicted = images["contradicts.jpeg"].sha256
+        trained = [
+            s for s in (*data.train, *data.validation, *data.holdout) if s.sha256 == contradicted
+        ]
+        assert [(s.source, s.label) for s in trained] == [("reference", 1)]  # still PNEUMONIA
+        sources = {s.sha256: s.source for s in (*data.train, *data.validation, *data.holdout)}
+        assert sources.get(images["new-2.jpeg"].sha256) == "label"
+        assert images["new-1.jpeg"].sha256 not in sources
+        with stack.db.session() as session:
+            assert session.scalar(select(func.count()).select_from(Label)) == 5  # all kept
+    finally:
+        stack.close()
