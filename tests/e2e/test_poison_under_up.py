@@ -30,6 +30,8 @@ def extra_env() -> dict[str, str]:
     return {
         "PNEUMOSCAN_BATCH_SIZE": "2",
         "PNEUMOSCAN_MAX_BATCH_ATTEMPTS": "2",
+        # The poison is a slow 121 M-pixel PNG, over the default limit of 50 M.
+        "PNEUMOSCAN_MAX_IMAGE_PIXELS": "150000000",
         # Longer than a worker takes to come back and load the model, so each lost batch is
         # sent again once, and no second copy starts beside the first.
         "PNEUMOSCAN_STALL_SECONDS": "15",
