@@ -167,9 +167,15 @@ class ArchiveBudget:
 class NameSource:
     """Generated file names inside the job folder: 000001, 000002, ..."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, counter: int = 0) -> None:
         self.directory = directory
-        self.counter = 0
+        self.counter = counter
+
+    @classmethod
+    def after_existing(cls, directory: Path) -> NameSource:
+        """Names that go on after those an earlier, interrupted expansion gave out."""
+        taken = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+        return cls(directory, max(taken, default=0))
 
     def next_path(self) -> Path:
         self.counter += 1

@@ -16,6 +16,11 @@ whose local headers and central directory disagree is refused whole: what was re
 not what the archive says it holds. Reading early stops at the first member whose local
 header cannot be trusted on its own (sizes in a trailing data descriptor, zip64 sizes,
 encryption, a method other than stored or deflated); the rest is read from the directory.
+
+A reader given `patience` does not wait longer than that for bytes that have not come: it
+raises `UploadStillArrivingError` with the offset it can go on from (the local header of the
+first member none of whose entries it yielded), and a later call with `resume_at` carries on
+from there. Ingest uses it to give its worker slot back while a slow upload arrives.
 """
 
 from __future__ import annotations
@@ -61,6 +66,21 @@ ZIP64_SIZE = 0xFFFFFFFF
 
 class UploadInterruptedError(ArchiveError):
     """The upload stopped before its end: its client or the API process went away."""
+
+
+class _StillWaitingError(Exception):
+    """The reader waited its patience out for bytes that have not come."""
+
+
+class UploadStillArrivingError(Exception):
+    """Reading early stopped to wait elsewhere; call again with `resume_at` to go on.
+
+    Every entry yielded before it belongs to a member before `resume_at`, and no entry of a
+    member at or after it was yielded."""
+
+    def __init__(self, resume_at: int) -> None:
+        super().__init__(f"the upload is still arriving; reading goes on from byte {resume_at}")
+        self.resume_at = resume_at
 
 
 def part_path(final: Path) -> Path:
@@ -127,12 +147,18 @@ class ArrivingFile:
     """
 
     def __init__(
-        self, part: Path, final: Path, on_wait: Callable[[], None], poll: float = POLL_SECONDS
+        self,
+        part: Path,
+        final: Path,
+        on_wait: Callable[[], None],
+        poll: float = POLL_SECONDS,
+        patience: float | None = None,
     ) -> None:
         self._file = part.open("rb", buffering=0)  # FileNotFoundError: already renamed
         self.final = final
         self.on_wait = on_wait
         self.poll = poll
+        self.patience = patience  # seconds a read may wait for bytes (None: as long as it takes)
         self.position = 0
         self.complete = False
         if self._writer_gone():
@@ -141,28 +167,36 @@ class ArrivingFile:
     def read(self, size: int) -> bytes:
         """`size` bytes from the current position; fewer only at the end of the whole file."""
         pieces = []
+        since = time.monotonic()
         while size > 0:
             piece = self._file.read(size)
             if piece:
                 pieces.append(piece)
                 size -= len(piece)
                 self.position += len(piece)
+                since = time.monotonic()
             elif self.complete:
                 break
             else:
-                self._wait()
+                self._wait(since)
         return b"".join(pieces)
 
     def skip_to(self, offset: int) -> None:
-        while not self.complete and os.fstat(self._file.fileno()).st_size < offset:
-            self._wait()
+        since, seen = time.monotonic(), -1
+        while not self.complete and (size := os.fstat(self._file.fileno()).st_size) < offset:
+            if size != seen:
+                since, seen = time.monotonic(), size
+            self._wait(since)
         self._file.seek(offset)
         self.position = offset
 
     def wait_until_complete(self) -> int:
         """Wait for the last byte; returns the file's size."""
+        since, seen = time.monotonic(), -1
         while not self.complete:
-            self._wait()
+            if (size := os.fstat(self._file.fileno()).st_size) != seen:
+                since, seen = time.monotonic(), size
+            self._wait(since)
         return os.fstat(self._file.fileno()).st_size
 
     def close(self) -> None:
@@ -178,10 +212,13 @@ class ArrivingFile:
         finally:
             os.close(fds)
 
-    def _wait(self) -> None:
+    def _wait(self, since: float) -> None:
+        """Wait a little for more bytes; `since`: when the last of them came."""
         if self._writer_gone():
             self._settle()  # bytes written just before the writer let go are read next
             return
+        if self.patience is not None and time.monotonic() - since > self.patience:
+            raise _StillWaitingError
         self.on_wait()
         time.sleep(self.poll)
 
@@ -207,34 +244,60 @@ class ArrivingFile:
 
 
 def iter_upload(
-    final: Path, dest: Path, limits: ArchiveLimits, on_wait: Callable[[], None]
+    final: Path,
+    dest: Path,
+    limits: ArchiveLimits,
+    on_wait: Callable[[], None],
+    patience: float | None = None,
+    resume_at: int | None = None,
 ) -> Iterator[Entry]:
-    """The entries of an uploaded zip: read while it arrives if it still is, else whole."""
+    """The entries of an uploaded zip: read while it arrives if it still is, else whole.
+
+    With `patience`, raises `UploadStillArrivingError` instead of waiting longer than that
+    for the upload's next bytes; `resume_at` (its `resume_at`) goes on where that stopped.
+    """
     try:
-        source = ArrivingFile(part_path(final), final, on_wait)
+        source = ArrivingFile(part_path(final), final, on_wait, patience=patience)
     except FileNotFoundError:
-        yield from iter_archive(final, dest, limits)
-        return
+        if resume_at is None:
+            yield from iter_archive(final, dest, limits)
+            return
+        # It came in while ingest waited elsewhere: a file nobody holds that has its final
+        # name is a complete upload to this reader.
+        source = ArrivingFile(final, final, on_wait)
     try:
-        yield from _iter_arriving(source, dest, limits)
+        yield from _iter_arriving(source, dest, limits, resume_at or 0)
     finally:
         source.close()
 
 
-def _iter_arriving(source: ArrivingFile, dest: Path, limits: ArchiveLimits) -> Iterator[Entry]:
+def _iter_arriving(
+    source: ArrivingFile, dest: Path, limits: ArchiveLimits, resume_at: int
+) -> Iterator[Entry]:
     dest.mkdir(parents=True, exist_ok=True)
-    budget, names = ArchiveBudget(limits), NameSource(dest)
+    budget, names = ArchiveBudget(limits), NameSource.after_existing(dest)
     kept = keep_upload(source.link, dest)  # stored images are read from it, not copied out
     early: dict[int, zipfile.ZipInfo] = {}
-    # Members read in sequence cannot overlap: the archive-wide ratio, which catches entries
-    # sharing compressed bytes, waits for the archive's size; each member's ratio holds now.
-    while (info := _next_local_member(source)) is not None:
-        early[info.header_offset] = info
-        in_place = InPlace(kept, source.position) if kept else None
-        data_end = source.position + info.compress_size
-        yield from iter_member(info, _early_reader(source), "", names, budget, 0, in_place)
-        source.skip_to(data_end)  # what a refused member left unread
-    source.wait_until_complete()
+    go_on_from = resume_at
+    try:
+        _replay(source, resume_at, early, budget)
+        # Members read in sequence cannot overlap: the archive-wide ratio, which catches
+        # entries sharing compressed bytes, waits for the archive's size; each member's
+        # ratio holds now.
+        while (info := _next_local_member(source)) is not None:
+            early[info.header_offset] = info
+            in_place = InPlace(kept, source.position) if kept else None
+            data_end = source.position + info.compress_size
+            for entry in iter_member(info, _early_reader(source), "", names, budget, 0, in_place):
+                # A member's entries come once its bytes are all read (a refusal may come
+                # before): after the first, this member is done whatever is still to wait for.
+                go_on_from = data_end
+                yield entry
+            source.skip_to(data_end)  # what a refused member left unread
+            go_on_from = data_end
+        source.wait_until_complete()
+    except _StillWaitingError:
+        raise UploadStillArrivingError(go_on_from) from None
     budget.count_input(source.final)
     with open_zip(source.final) as bundle:
         members = bundle.infolist()
@@ -244,6 +307,24 @@ def _iter_arriving(source: ArrivingFile, dest: Path, limits: ArchiveLimits) -> I
         read = member_reader(bundle)
         for info in rest:
             yield from iter_member(info, read, "", names, budget, depth=0)
+
+
+def _replay(
+    source: ArrivingFile, resume_at: int, early: dict[int, zipfile.ZipInfo], budget: ArchiveBudget
+) -> None:
+    """Go over the members before `resume_at` (read by an earlier call) without reading them
+    again: their local headers, for the check against the central directory, and their
+    counts (each at its declared size; a nested zip's members are not counted again)."""
+    while source.position < resume_at:
+        info = _next_local_member(source)
+        if info is None:
+            raise ArchiveError("the upload changed under its ingest: the archive is refused")
+        early[info.header_offset] = info
+        if not info.is_dir():
+            budget.count_member()
+            if not member_refusal(info):
+                budget.count_bytes(info.file_size)
+        source.skip_to(source.position + info.compress_size)
 
 
 def _next_local_member(source: ArrivingFile) -> zipfile.ZipInfo | None:

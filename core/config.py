@@ -70,10 +70,28 @@ class Settings(BaseSettings):
         description="A request whose client sends nothing for this long fails (an upload's "
         "job and files go with it).",
     )
+    upload_min_kb_per_s: int = Field(
+        16,
+        ge=0,
+        description="Slowest rate an upload may keep up: each MiB of a body must come within "
+        "1024/N seconds of the one before, or the request fails (0: no minimum).",
+    )
+    max_uploads_per_owner: int = Field(
+        4,
+        ge=1,
+        description="Uploads one key name may have arriving at once, per API process; one "
+        "more is answered 429.",
+    )
     early_ingest_mb_per_s: float = Field(
         50.0,
         ge=0,
         description="A raw zip upload arriving this fast is expanded while it arrives (0: never).",
+    )
+    early_ingest_wait_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="An ingest reading an upload that is still arriving waits this long for "
+        "more of it, then gives its worker slot back and goes on a few seconds later.",
     )
     max_archive_members: int = Field(100_000, ge=1, description="Files per job, nested included.")
     max_archive_mb: int = Field(20_480, ge=1, description="Total uncompressed bytes per job.")

@@ -33,11 +33,11 @@ from core.archive import (
     iter_archive,
     iter_folder,
 )
-from core.arriving import iter_upload
+from core.arriving import UploadStillArrivingError, iter_upload
 from core.config import Settings
 from core.db import Database
 from core.imaging import DICOM, sniff_file
-from core.jobs import MANIFEST, WAITING_FOR_MODEL, get_job
+from core.jobs import MANIFEST, WAITING_FOR_MODEL
 from core.kept import finish_kept_upload
 from core.models import (
     DICOM_COLUMNS,
@@ -50,7 +50,13 @@ from core.models import (
     SourceKind,
     utcnow,
 )
-from core.recovery import claim_ingest, refresh_ingest_claim, release_ingest_claim
+from core.recovery import (
+    IngestClaim,
+    claim_ingest,
+    defer_ingest,
+    refresh_ingest_claim,
+    release_ingest_claim,
+)
 from core.registry import active_version
 from core.results import complete_if_done
 from core.retention import keep_only_images
@@ -76,6 +82,7 @@ class IngestOutcome:
     total: int
     scoring: bool  # the job is running with a model, not waiting for one
     released: bool = False  # this call already handed every batch to `release`
+    deferred: bool = False  # gave way to a slow upload: send the ingest again in a while
 
 
 def archive_limits(settings: Settings) -> ArchiveLimits:
@@ -101,22 +108,31 @@ def ingest_job(
     (its worker died, or the database kept refusing what it wrote) fails the job too.
     """
     with db.session() as session:
-        job = get_job(session, job_id)
+        job = session.get(Job, job_id)
+        if job is None:  # its upload failed (and took the job) while ingest waited elsewhere
+            return IngestOutcome(job_id, 0, False)
         if job.total is not None or job.status in FINISHED_STATUSES:
             # Already ingested (a redelivered message): scoring is released by the caller.
             scoring = job.status == JobStatus.RUNNING and not job.waiting_for_model
-            return IngestOutcome(job_id, job.total or 0, scoring)
-        kind, source_name = SourceKind(job.source_kind), job.source_name
-        attempt = claim_ingest(session, job_id, settings.stall_after)
-        if attempt is None:
-            # Another delivery is expanding this job right now; it will finish the work.
-            return IngestOutcome(job_id, 0, False)
-        if attempt <= settings.max_ingest_attempts:
-            _forget_partial_ingest(session, job_id)
-    if attempt > settings.max_ingest_attempts:
-        return _fail(db, storage, job_id, GAVE_UP.format(times=attempt - 1))
+            done = IngestOutcome(job_id, job.total or 0, scoring)
+            stopped_while_away = job.ingest_resume_at is not None
+            claim = None
+        else:
+            kind, source_name = SourceKind(job.source_kind), job.source_name
+            claim = claim_ingest(session, job_id, settings.stall_after)
+            if claim is None:
+                # Another delivery is expanding this job right now; it will finish the work.
+                return IngestOutcome(job_id, 0, False)
+            if claim.attempt <= settings.max_ingest_attempts and claim.resume_at is None:
+                _forget_partial_ingest(session, job_id)
+    if claim is None:
+        if stopped_while_away:  # stopped while its ingest had given way to the upload
+            _keep_only_images(db, storage, job_id)
+        return done
+    if claim.attempt > settings.max_ingest_attempts:
+        return _fail(db, storage, job_id, GAVE_UP.format(times=claim.attempt - 1))
     try:
-        outcome = _expand(db, storage, settings, job_id, kind, source_name, release)
+        outcome = _expand(db, storage, settings, job_id, kind, source_name, release, claim)
     except ArchiveError as exc:
         return _fail(db, storage, job_id, str(exc))
     except (OperationalError, InterfaceError):
@@ -127,11 +143,16 @@ def ingest_job(
         log.exception("job %s: ingest failed", job_id)
         reason = f"ingest failed: {type(exc).__name__}: {without_paths(str(exc), storage.root)}"
         return _fail(db, storage, job_id, reason)
-    # Once recorded, the images are the job's record; the upload, which may carry patients'
-    # names in DICOM headers, is not kept (nor anything of it but its images).
+    if not outcome.deferred:  # else the upload is still arriving; its ingest goes on later
+        _keep_only_images(db, storage, job_id)
+    return outcome
+
+
+def _keep_only_images(db: Database, storage: Storage, job_id: str) -> None:
+    """Once recorded, the images are the job's record; the upload, which may carry patients'
+    names in DICOM headers, is not kept (nor anything of it but its images)."""
     finish_kept_upload(db, storage, job_id)
     keep_only_images(db, storage, job_id)
-    return outcome
 
 
 GAVE_UP = (
@@ -149,14 +170,27 @@ def _expand(
     kind: SourceKind,
     source_name: str,
     release: Release | None,
+    claim: IngestClaim,
 ) -> IngestOutcome:
     # Files are expanded outside any transaction so the database is not held meanwhile.
-    shutil.rmtree(storage.job_files_dir(job_id), ignore_errors=True)
     recorder = _Recorder(db, storage, settings, job_id, release)
+    if claim.resume_at is None:
+        shutil.rmtree(storage.job_files_dir(job_id), ignore_errors=True)
+    else:
+        recorder.go_on()  # from where an ingest that gave way to a slow upload stopped
     keep_claim = _claim_keeper(db, job_id, settings.stall_seconds / 4)
-    for entry in _iter_source(storage, settings, job_id, kind, source_name, keep_claim):
-        if not recorder.add(entry):
-            break  # the job was cancelled meanwhile
+    entries = _iter_source(storage, settings, job_id, kind, source_name, keep_claim, claim)
+    try:
+        for entry in entries:
+            if not recorder.add(entry):
+                break  # the job was cancelled meanwhile
+    except UploadStillArrivingError as waiting:
+        # Everything read so far is recorded before the slot is given back.
+        if recorder.flush():
+            with db.session() as session:
+                defer_ingest(session, job_id, waiting.resume_at)
+            log.info("job %s: its upload is still arriving; ingest goes on later", job_id)
+            return IngestOutcome(job_id, 0, False, released=True, deferred=True)
     return recorder.finish()
 
 
@@ -236,6 +270,24 @@ class _Recorder:
             return self._flush(final=False)
         return True
 
+    def go_on(self) -> None:
+        """Take up the rows an earlier part of this ingest recorded (it gave way to a slow
+        upload): their names stay taken, and their full batches were released."""
+        with self.db.session() as session:
+            ids_and_paths = session.execute(
+                select(Image.id, Image.relative_path)
+                .where(Image.job_id == self.job_id)
+                .order_by(Image.id)
+            ).all()
+        self.seen = {path for _, path in ids_and_paths}
+        # Each write released every full batch of the rows not yet released, in id order.
+        released = len(ids_and_paths) - len(ids_and_paths) % self.settings.batch_size
+        self.released_up_to = ids_and_paths[released - 1][0] if released else 0
+
+    def flush(self) -> bool:
+        """Write what is held and release its full batches; False when the job was stopped."""
+        return self._flush(final=False)
+
     def finish(self) -> IngestOutcome:
         self._flush(final=True)
         with self.db.session() as session:
@@ -280,7 +332,7 @@ class _Recorder:
         if self.scoring is None:
             self.scoring = active_version(session) is not None
             if self.scoring:
-                job.status, job.started_at = JobStatus.RUNNING, utcnow()
+                job.status, job.started_at = JobStatus.RUNNING, job.started_at or utcnow()
 
     def _close(self, session: Session, job: Job) -> None:
         total = session.scalar(select(func.count()).where(Image.job_id == self.job_id)) or 0
@@ -318,11 +370,19 @@ def _iter_source(
     kind: SourceKind,
     source_name: str,
     on_wait: Callable[[], None],
+    claim: IngestClaim,
 ) -> Iterator[Entry]:
     limits = archive_limits(settings)
     files_dir = storage.job_files_dir(job_id)
     if kind == SourceKind.ARCHIVE:  # read while it arrives if its upload is still going on
-        return iter_upload(storage.job_dir(job_id) / ARCHIVE_NAME, files_dir, limits, on_wait)
+        return iter_upload(
+            storage.job_dir(job_id) / ARCHIVE_NAME,
+            files_dir,
+            limits,
+            on_wait,
+            patience=settings.early_ingest_wait_seconds,
+            resume_at=claim.resume_at,
+        )
     if kind == SourceKind.FOLDER:
         folder = Path(source_name)
         root = next((r for r in settings.import_roots if r == folder or r in folder.parents), None)

@@ -39,6 +39,8 @@ def keep_upload(link: Callable[[Path], None], files_dir: Path) -> Path | None:
     kept = files_dir / KEPT_NAME
     try:
         link(kept)
+    except FileExistsError:  # linked by an earlier part of this ingest, which gave way
+        return kept
     except OSError:  # no /proc/self/fd, or a file system without hard links
         return None
     return kept

@@ -32,6 +32,9 @@ RETRY_WHILE_DATABASE_IS_DOWN: dict[str, Any] = {
     "max_retries": None,
 }
 
+# An ingest that gave way to a slow upload is sent again this much later.
+INGEST_AGAIN_AFTER_SECONDS = 5
+
 
 @shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
 def ingest_job(self: Task, job_id: str) -> None:
@@ -44,6 +47,10 @@ def ingest_job(self: Task, job_id: str) -> None:
         job_id,
         release=lambda image_ids: score_batch.delay(job_id, image_ids),
     )
+    if outcome.deferred:
+        # Its upload is still arriving: the slot goes to other work meanwhile.
+        ingest_job.apply_async((job_id,), countdown=INGEST_AGAIN_AFTER_SECONDS)
+        return
     log.info("job %s ingested: %d images", job_id, outcome.total)
     if outcome.scoring and not outcome.released:
         enqueue_scoring(context, job_id)  # a redelivered message: send what is still unscored

@@ -67,6 +67,9 @@ class Job(Base):
     ingest_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Ingests started (claims taken); past `max_ingest_attempts` the job fails instead.
     ingest_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Set while an ingest that gave way to a slow upload waits to go on: the byte of the
+    # upload it goes on from. Whoever takes the claim next takes the work from there.
+    ingest_resume_at: Mapped[int | None] = mapped_column(BigInteger)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

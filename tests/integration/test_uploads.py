@@ -4,6 +4,7 @@ and a fast raw zip is scored while it arrives."""
 import contextlib
 import io
 import socket
+import threading
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,15 @@ from core.storage import Span
 from tests.dicoms import BIRTH_DATE, PATIENT_NAME, chest_like, dataset, encode
 from tests.images import gradient, jpeg_bytes, png_bytes
 from tests.stack import Stack
-from tests.support import ServiceProcess, WorkerProcess, free_port, http_ok, rss_kb, wait_for
+from tests.support import (
+    ServiceProcess,
+    WorkerProcess,
+    free_port,
+    http_ok,
+    rss_kb,
+    wait_for,
+    zip_bytes,
+)
 
 MB = 1024 * 1024
 
@@ -194,6 +203,15 @@ def early_upload_impatient(
 ) -> Iterator[EarlyUpload]:
     impatient = settings.model_copy(update={"upload_idle_seconds": 3})
     yield from _early_upload(impatient, tmp_path, baseline_model)
+
+
+@pytest.fixture
+def early_upload_tolerant(
+    settings: Settings, tmp_path: Path, baseline_model: Path
+) -> Iterator[EarlyUpload]:
+    """No minimum rate: uploads may trickle for as long as they keep sending."""
+    tolerant = settings.model_copy(update={"upload_min_kb_per_s": 0})
+    yield from _early_upload(tolerant, tmp_path, baseline_model)
 
 
 def test_a_fast_raw_zip_upload_is_scored_while_it_arrives(early_upload: EarlyUpload) -> None:
@@ -419,3 +437,72 @@ def test_a_stalled_multipart_upload_is_dropped_and_leaves_no_job_or_temporary_fi
         wait_for(lambda: not list(incoming.glob("upload-*")), 10, "the temporary file to go")
     finally:
         api.stop()
+
+
+class Trickler(threading.Thread):
+    """A raw-socket upload that sends its first half at once (fast enough to be expanded while
+    it arrives), then a byte a second until told to send the rest."""
+
+    def __init__(self, up: EarlyUpload) -> None:
+        super().__init__(daemon=True)
+        self.up = up
+        self.send_the_rest = threading.Event()
+        self.answer: bytes | None = None
+
+    def run(self) -> None:
+        port = self.up.stack.settings.api_port
+        head = (
+            f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {self.up.key}\r\nContent-Type: application/zip\r\n"
+            f"Content-Length: {len(self.up.data)}\r\n\r\n"
+        ).encode()
+        rest = self.up.data[self.up.cut :]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(head)
+            for chunk in self.up.first_half():
+                client.sendall(chunk)
+            sent = 0
+            while not self.send_the_rest.wait(1):
+                client.sendall(rest[sent : sent + 1])
+                sent += 1
+            client.sendall(rest[sent:])
+            client.settimeout(60)
+            self.answer = read_response(client)
+
+
+def test_two_trickling_uploads_do_not_delay_another_owners_job(
+    early_upload_tolerant: EarlyUpload,
+) -> None:
+    """Two uploads that start fast (so their ingest reads them as they arrive) and then
+    trickle hold no worker slot while they wait: another owner's one-image job, submitted
+    behind them to the same two-task worker, is scored meanwhile. Once the tricklers send the
+    rest, their jobs complete with every image, nothing lost across the waits."""
+    up = early_upload_tolerant
+    tricklers = [Trickler(up), Trickler(up)]
+    for trickler in tricklers:
+        trickler.start()
+
+    def trickling_jobs() -> list[str] | None:
+        with up.stack.db.session() as session:
+            ids = list(session.scalars(select(Job.id).where(Job.owner == "uploader")))
+        return ids if len(ids) == 2 and up.recorded_images() >= 16 else None
+
+    their_jobs = wait_for(trickling_jobs, 60, "both trickling uploads' ingests to start")
+    other = up.stack.submit_zip(zip_bytes([("one.jpeg", jpeg_bytes())]))  # the admin's job
+    job = up.stack.wait_finished(other["id"], timeout=60)
+    assert (job["status"], job["scored"]) == ("completed", 1)
+    assert all(t.is_alive() and t.answer is None for t in tricklers)  # still trickling
+    assert "still arriving; ingest goes on later" in up.stack.worker.log()
+    for trickler in tricklers:
+        trickler.send_the_rest.set()
+        trickler.join(60)
+        assert trickler.answer is not None
+        assert trickler.answer.startswith(b"HTTP/1.1 202"), trickler.answer[:500]
+    for job_id in their_jobs:
+        done = up.stack.wait_finished(job_id)
+        assert (done["status"], done["total"], done["scored"], done["rejected"]) == (
+            "completed",
+            16,
+            16,
+            1,
+        )

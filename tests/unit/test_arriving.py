@@ -19,7 +19,13 @@ from pathlib import Path
 import pytest
 
 from core.archive import ArchiveError, ArchiveLimits, Candidate, Entry, iter_archive
-from core.arriving import ArrivingWriter, UploadInterruptedError, iter_upload, part_path
+from core.arriving import (
+    ArrivingWriter,
+    UploadInterruptedError,
+    UploadStillArrivingError,
+    iter_upload,
+    part_path,
+)
 from core.config import Settings
 from core.db import Database
 from core.recovery import remove_orphan_uploads
@@ -273,6 +279,42 @@ def test_a_member_only_the_directory_calls_a_symbolic_link_refuses_the_archive(
     assert isinstance(result, str)
     assert "'link.jpeg'" in result
     assert "symbolic link" in result
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: plain(zipfile.ZIP_STORED), lambda: plain(zipfile.ZIP_DEFLATED), hostile.zip_slip],
+)
+def test_a_reader_out_of_patience_gives_way_and_goes_on_where_it_stopped(
+    tmp_path: Path, make: Callable[[], bytes], fraction: float
+) -> None:
+    """The upload pauses anywhere (inside a member, between members, before its directory):
+    the reader stops after `patience`, and a second reader from its resume point yields the
+    rest, so that together they yield what the whole zip does, each entry once."""
+    data = make()
+    expected = whole(tmp_path, data)
+    final = tmp_path / "arriving" / "archive.zip"
+    final.parent.mkdir()
+    upload = SlowUpload(final, data, piece=128)
+    upload.pause_at = int(len(data) * fraction) // 128 * 128
+    upload.start()
+    files = tmp_path / "arriving" / "files"
+    first: list[tuple[str, str]] = []
+    try:
+        for entry in iter_upload(final, files, LIMITS, lambda: None, patience=0.3):
+            first += summary(iter([entry]))
+        raise AssertionError("the reader waited for the rest instead of giving way")
+    except UploadStillArrivingError as stopped:
+        resume_at = stopped.resume_at
+    # It goes on from a member's (or the directory's) start, never from inside a member.
+    assert data[resume_at : resume_at + 4] in (b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06")
+    upload.go_on.set()
+    upload.join(30)  # the rest may come while the reader is away: then it reads it whole
+    if fraction == 1.0:
+        assert final.exists()
+    rest = summary(iter_upload(final, files, LIMITS, lambda: None, resume_at=resume_at))
+    assert first + rest == expected
 
 
 def test_an_upload_already_complete_is_read_whole(tmp_path: Path) -> None:
