@@ -34,7 +34,7 @@ from api.schemas import (
     ResultsQuery,
     UploadJobIn,
 )
-from api.uploads import CHUNK, persist
+from api.uploads import CHUNK, UPLOAD_TYPES, persist, upload_slot, watched_upload
 from core.archive import EMPTY_ZIP_MAGIC, ZIP_MAGIC, is_zip_file
 from core.arriving import ArrivingWriter
 from core.ingest import ARCHIVE_NAME
@@ -98,14 +98,27 @@ def init_app(app: APIFlask, bodies: RequestBodiesPlugin) -> None:
     responses={
         400: "Bad input",
         403: "Folder outside the import roots",
+        408: "The upload arrived too slowly",
         413: "Too large",
         415: "Neither JSON nor multipart",
+        429: "Too many uploads of this key name arriving at once",
         503: "Queue unavailable",
     }
 )
 def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Submit a zip (`archive`), files with relative paths (`images`) or a server folder."""
     context = api_context(current_app)
+    if request.mimetype not in UPLOAD_TYPES:  # a folder job, or a body refused as it is
+        return _submit(context)
+    settings = context.settings
+    with (
+        upload_slot(context.storage, caller().name, settings.max_uploads_per_owner),
+        watched_upload(settings.upload_min_kb_per_s),
+    ):
+        return _submit(context)
+
+
+def _submit(context: ApiContext) -> tuple[dict[str, Any], int, dict[str, str]]:
     job_id = uuid4().hex
     if request.mimetype == "application/zip":
         job = _submit_raw_archive(context, job_id)

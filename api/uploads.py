@@ -5,22 +5,31 @@ Every multipart file is written, while it arrives, to a temporary file under
 `storage/uploads/.incoming/` that holds an `flock` for as long as its request lives: the
 sweep deletes only the temporary files nobody holds (their API process died).
 
-A client that goes quiet in the middle of a body is dropped after `upload_idle_seconds`.
-Bodies that are not uploads (JSON) are capped at `JSON_BODY_LIMIT`; a multipart request may
-carry `max_upload_files` files (each holds an open file until the request ends).
+A client that goes quiet in the middle of a body is dropped after `upload_idle_seconds`, and
+one that keeps sending too slowly (a byte now and then) once a MiB of its body takes longer
+than `upload_min_kb_per_s` allows (`RateWatch`). One key name may have `max_uploads_per_owner`
+uploads arriving at once (`upload_slot`). Bodies that are not uploads (JSON) are capped at
+`JSON_BODY_LIMIT`; a multipart request may carry `max_upload_files` files (each holds an open
+file until the request ends).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from apiflask import APIFlask
-from flask import Request, current_app, request
+from apiflask import APIFlask, HTTPError
+from flask import Request, current_app, g, request
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
@@ -68,6 +77,8 @@ def init_app(app: APIFlask, idle_seconds: int) -> None:
     app.register_error_handler(RequestEntityTooLarge, _too_large)
 
     def _stopped(error: ClientDisconnected) -> ResponseReturnValue:
+        if too_slow():
+            return render_error(too_slow_error())
         message = (
             f"the request body stopped before its end: nothing arrived for {idle_seconds} s, "
             "or the client went away"
@@ -127,3 +138,154 @@ def persist(upload: FileStorage, target: Path) -> None:
     upload.stream.seek(0)
     with target.open("wb") as sink:
         shutil.copyfileobj(upload.stream, sink, CHUNK)
+
+
+# Slots: one lock file per (owner, slot) under the storage volume, held with `flock` for as
+# long as an upload's request lives, so the cap holds across API processes, and a process
+# that dies lets go of its slots with its locks.
+SLOTS = "slots"
+
+
+@contextlib.contextmanager
+def upload_slot(storage: Storage, owner: str, limit: int) -> Iterator[None]:
+    """Hold one of `owner`'s `limit` upload slots while the body arrives, or answer 429."""
+    slots = incoming_dir(storage) / SLOTS
+    slots.mkdir(exist_ok=True)
+    stem = hashlib.sha256(owner.encode()).hexdigest()[:16]
+    for index in range(limit):
+        descriptor = os.open(slots / f"{stem}-{index}", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            continue
+        try:
+            yield
+        finally:
+            os.close(descriptor)  # the lock goes with it
+        return
+    error = api_error(
+        429,
+        f"{limit} uploads of {owner!r} are already arriving: send this one when one of them "
+        "has ended",
+        "too_many_uploads",
+    )
+    error.headers = {"Retry-After": "30"}
+    raise error
+
+
+MIB = 1024 * 1024
+
+
+class _CountedInput:
+    """The request's input stream, counting what is read; where each MiB began is noted."""
+
+    def __init__(self, stream: Any, expected: int | None) -> None:
+        self._stream = stream
+        self.expected = expected
+        self.received = 0
+        self.mib_started = time.monotonic()  # when the MiB now arriving began
+        self._mib_base = 0
+        self.cut = False
+
+    def read(self, size: int = -1) -> bytes:
+        return self._count(self._stream.read(size))
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._count(self._stream.readline(size))
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    @property
+    def complete(self) -> bool:
+        return self.expected is not None and self.received >= self.expected
+
+    def _count(self, data: bytes) -> bytes:
+        self.received += len(data)
+        if self.received - self._mib_base >= MIB:
+            self._mib_base, self.mib_started = self.received, time.monotonic()
+        return data
+
+
+class RateWatch:
+    """Cuts the connection of an upload whose current MiB has taken longer than the minimum
+    rate allows (the idle limit sees only silence: a byte every 50 s would pass it for ever).
+
+    One watcher thread per API process looks at every upload in flight; cutting shuts the
+    socket for reading, so the request's blocked read returns at once and it fails as a body
+    that ended early, with the reason."""
+
+    def __init__(self) -> None:
+        self._watched: dict[int, tuple[_CountedInput, socket.socket, float]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watch(self, min_kb_per_s: int) -> Iterator[_CountedInput | None]:
+        """Count this request's body and cut it when too slow (under gunicorn only)."""
+        connection = request.environ.get("gunicorn.socket")
+        if connection is None or not min_kb_per_s:
+            yield None
+            return
+        counted = _CountedInput(request.environ["wsgi.input"], request.content_length)
+        request.environ["wsgi.input"] = counted  # before anything reads the body
+        with self._lock:
+            self._watched[id(counted)] = (counted, connection, MIB / (min_kb_per_s * 1024))
+            if self._thread is None:  # started in the serving process, after gunicorn's fork
+                self._thread = threading.Thread(target=self._run, name="rate-watch", daemon=True)
+                self._thread.start()
+        try:
+            yield counted
+        finally:
+            with self._lock:
+                self._watched.pop(id(counted), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCH_SECONDS)
+            with self._lock:
+                watched = list(self._watched.values())
+            now = time.monotonic()
+            for counted, connection, window in watched:
+                if counted.cut or counted.complete or now - counted.mib_started <= window:
+                    continue
+                counted.cut = True
+                with contextlib.suppress(OSError):  # gone already
+                    connection.shutdown(socket.SHUT_RD)
+
+
+WATCH_SECONDS = 0.25
+RATE_WATCH = RateWatch()
+
+
+@contextlib.contextmanager
+def watched_upload(min_kb_per_s: int) -> Iterator[None]:
+    """The request's body under the minimum rate; a body cut for it fails with that reason."""
+    with RATE_WATCH.watch(min_kb_per_s) as counted:
+        g.upload_rate = (counted, min_kb_per_s)
+        try:
+            yield
+        except Exception:
+            if counted is not None and counted.cut:
+                raise too_slow_error() from None
+            raise
+        if counted is not None and counted.cut:
+            raise too_slow_error()
+
+
+def too_slow() -> bool:
+    counted, _ = g.get("upload_rate", (None, 0))
+    return counted is not None and bool(counted.cut)
+
+
+def too_slow_error() -> HTTPError:
+    _, min_kb_per_s = g.get("upload_rate", (None, 0))
+    seconds = MIB / (min_kb_per_s * 1024) if min_kb_per_s else 0
+    return api_error(
+        408,
+        f"the upload arrived slower than the minimum of {min_kb_per_s} KB/s (a MiB took "
+        f"more than {seconds:g} s): it is dropped; send it again over a faster link",
+        "upload_too_slow",
+    )

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from core.arriving import held_by_writer
 from core.config import Settings
 from core.db import Database
 from core.kept import KEPT_NAME, PENDING_NAME
@@ -212,6 +213,15 @@ def early_upload_tolerant(
     """No minimum rate: uploads may trickle for as long as they keep sending."""
     tolerant = settings.model_copy(update={"upload_min_kb_per_s": 0})
     yield from _early_upload(tolerant, tmp_path, baseline_model)
+
+
+@pytest.fixture
+def early_upload_strict(
+    settings: Settings, tmp_path: Path, baseline_model: Path
+) -> Iterator[EarlyUpload]:
+    """A minimum rate of 256 KB/s (each MiB within 4 s) and one upload per key name."""
+    strict = settings.model_copy(update={"upload_min_kb_per_s": 256, "max_uploads_per_owner": 1})
+    yield from _early_upload(strict, tmp_path, baseline_model)
 
 
 def test_a_fast_raw_zip_upload_is_scored_while_it_arrives(early_upload: EarlyUpload) -> None:
@@ -441,7 +451,7 @@ def test_a_stalled_multipart_upload_is_dropped_and_leaves_no_job_or_temporary_fi
 
 class Trickler(threading.Thread):
     """A raw-socket upload that sends its first half at once (fast enough to be expanded while
-    it arrives), then a byte a second until told to send the rest."""
+    it arrives), then a byte a second until told to send the rest, or until answered."""
 
     def __init__(self, up: EarlyUpload) -> None:
         super().__init__(daemon=True)
@@ -462,9 +472,17 @@ class Trickler(threading.Thread):
             for chunk in self.up.first_half():
                 client.sendall(chunk)
             sent = 0
-            while not self.send_the_rest.wait(1):
-                client.sendall(rest[sent : sent + 1])
-                sent += 1
+            client.settimeout(1)
+            while not self.send_the_rest.is_set():
+                try:  # an answer before the end: the API dropped the upload
+                    early_answer = client.recv(65536)
+                except TimeoutError:
+                    client.sendall(rest[sent : sent + 1])
+                    sent += 1
+                    continue
+                client.settimeout(10)
+                self.answer = early_answer + read_response(client)
+                return
             client.sendall(rest[sent:])
             client.settimeout(60)
             self.answer = read_response(client)
@@ -506,3 +524,78 @@ def test_two_trickling_uploads_do_not_delay_another_owners_job(
             16,
             1,
         )
+
+
+def test_an_upload_that_slows_to_a_trickle_after_a_fast_start_is_dropped(
+    early_upload_strict: EarlyUpload,
+) -> None:
+    """A byte a second never trips the idle limit (60 s of silence); the minimum rate does:
+    the upload is answered 408 with the reason, and its job and files go, as for any upload
+    that does not arrive whole."""
+    up = early_upload_strict
+    trickler = Trickler(up)
+    trickler.start()
+    trickler.join(60)
+    assert trickler.answer is not None, "the trickling upload was never answered"
+    assert trickler.answer.startswith(b"HTTP/1.1 408"), trickler.answer[:500]
+    assert b"upload_too_slow" in trickler.answer
+    assert b"slower than the minimum of 256 KB/s" in trickler.answer
+    up.wait_until_nothing_is_left()
+
+
+def test_one_key_name_has_at_most_its_share_of_uploads_arriving(
+    early_upload_strict: EarlyUpload,
+) -> None:
+    """With one upload per name, a second upload of the same name while the first arrives is
+    answered 429; another name's upload is taken meanwhile, and the first name's next upload
+    once its first has ended."""
+    up = early_upload_strict.stack.settings.model_copy()
+    stack, key = early_upload_strict.stack, early_upload_strict.key
+    with stack.db.session() as session:
+        _, other_key = create_key(session, "other", "submit")
+    small = zip_bytes([("one.jpeg", jpeg_bytes())])
+
+    def post(api_key: str) -> httpx.Response:
+        return httpx.post(
+            f"http://127.0.0.1:{up.api_port}/v1/jobs",
+            content=small,
+            timeout=60,
+            headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/zip"},
+        )
+
+    def first_body() -> Iterator[bytes]:
+        yield small[:100]
+        held.set()
+        assert release.wait(60)
+        yield small[100:]
+
+    held, release = threading.Event(), threading.Event()
+    first: list[httpx.Response] = []
+    sender = threading.Thread(
+        target=lambda: first.append(
+            httpx.post(
+                f"http://127.0.0.1:{up.api_port}/v1/jobs",
+                content=first_body(),
+                timeout=60,
+                headers={
+                    "Authorization": f"Bearer {key}",
+                    "Content-Type": "application/zip",
+                    "Content-Length": str(len(small)),
+                },
+            )
+        ),
+        daemon=True,
+    )
+    sender.start()
+    assert held.wait(30)
+    slots = up.storage_dir / "uploads" / ".incoming" / "slots"
+    wait_for(lambda: any(map(held_by_writer, slots.glob("*"))), 30, "the first upload's slot")
+    refused = post(key)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "too_many_uploads"
+    assert refused.headers["Retry-After"] == "30"
+    assert post(other_key).status_code == 202
+    release.set()
+    sender.join(60)
+    assert first[0].status_code == 202, first[0].text
+    assert post(key).status_code == 202  # its slot was given back
