@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ from pydicom.dataelem import DataElement
 from sqlalchemy import select, update
 
 from api import create_app
+from core.arriving import ArrivingWriter
 from core.config import Settings, load_settings
 from core.db import Database
-from core.ingest import ingest_job
+from core.ingest import ARCHIVE_NAME, ingest_job
+from core.jobs import create_job
 from core.migrate import upgrade
-from core.models import Image, Job, RejectedEntry, utcnow
+from core.models import Image, Job, RejectedEntry, SourceKind, utcnow
 from core.recovery import jobs_to_ingest_again
 from core.storage import Storage
 from tests import hostile
@@ -301,3 +304,43 @@ def test_a_disk_that_fills_up_while_expanding_fails_the_job_with_the_reason(
         assert (fits.status, fits.total) == ("queued", 1)  # queued: this test imports no model
     finally:
         ingest.close()
+
+
+def test_an_ingest_that_gives_way_to_a_slow_upload_goes_on_where_it_stopped(
+    ingest: Ingest,
+) -> None:
+    """The plain function, twice, on both backends: the first start reads what has arrived,
+    records it and gives way (no start counted, the claim kept fresh so the sweep sends
+    nothing); the second goes on from there once the rest is in: every image once."""
+    settings = ingest.settings.model_copy(update={"early_ingest_wait_seconds": 0.2})
+    members = [(f"study/{i:02d}.jpeg", jpeg_bytes()) for i in range(6)]
+    data = zip_bytes(members)
+    half = data.index(b"PK\x03\x04", data.index(b"study/03.jpeg") - 40)  # before member 3
+    job_id = "a" * 32
+    with ingest.db.session() as session:
+        create_job(session, SourceKind.ARCHIVE, "study.zip", job_id, owner="slow")
+    with ArrivingWriter(ingest.storage.job_dir(job_id) / ARCHIVE_NAME) as upload:
+        upload.write(data[: half + 10])  # three members whole, and the start of a fourth
+        first = ingest_job(ingest.db, ingest.storage, settings, job_id)
+        assert first.deferred
+        job = ingest.job(job_id)
+        assert (job.total, job.ingest_attempts, job.ingest_resume_at) == (None, 0, half)
+        with ingest.db.session() as session:
+            session.execute(  # an old job: only the fresh claim keeps the sweep away
+                update(Job).where(Job.id == job_id).values(created_at=utcnow() - timedelta(days=1))
+            )
+            assert job_id not in jobs_to_ingest_again(session, timedelta(minutes=10))
+            recorded = session.scalars(select(Image.relative_path).where(Image.job_id == job_id))
+            assert sorted(recorded) == [name for name, _ in members[:3]]
+        upload.write(data[half + 10 :])
+    second = ingest_job(ingest.db, ingest.storage, settings, job_id)
+    assert not second.deferred
+    job = ingest.job(job_id)
+    assert (job.total, job.ingest_attempts, job.ingest_resume_at) == (6, 1, None)
+    with ingest.db.session() as session:
+        rows = session.execute(
+            select(Image.relative_path, Image.sha256).where(Image.job_id == job_id)
+        ).all()
+    assert sorted(rows) == sorted((name, sha256(body).hexdigest()) for name, body in members)
+    # The upload is gone, its kept copy blanked around the images (the marker removed).
+    assert ingest.files_left(job_id) == ["files/upload.zip"]
