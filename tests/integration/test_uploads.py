@@ -549,7 +549,7 @@ def test_one_key_name_has_at_most_its_share_of_uploads_arriving(
     """With one upload per name, a second upload of the same name while the first arrives is
     answered 429; another name's upload is taken meanwhile, and the first name's next upload
     once its first has ended."""
-    up = early_upload_strict.stack.settings.model_copy()
+    settings = early_upload_strict.stack.settings
     stack, key = early_upload_strict.stack, early_upload_strict.key
     with stack.db.session() as session:
         _, other_key = create_key(session, "other", "submit")
@@ -557,7 +557,7 @@ def test_one_key_name_has_at_most_its_share_of_uploads_arriving(
 
     def post(api_key: str) -> httpx.Response:
         return httpx.post(
-            f"http://127.0.0.1:{up.api_port}/v1/jobs",
+            f"http://127.0.0.1:{settings.api_port}/v1/jobs",
             content=small,
             timeout=60,
             headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/zip"},
@@ -574,7 +574,7 @@ def test_one_key_name_has_at_most_its_share_of_uploads_arriving(
     sender = threading.Thread(
         target=lambda: first.append(
             httpx.post(
-                f"http://127.0.0.1:{up.api_port}/v1/jobs",
+                f"http://127.0.0.1:{settings.api_port}/v1/jobs",
                 content=first_body(),
                 timeout=60,
                 headers={
@@ -588,7 +588,7 @@ def test_one_key_name_has_at_most_its_share_of_uploads_arriving(
     )
     sender.start()
     assert held.wait(30)
-    slots = up.storage_dir / "uploads" / ".incoming" / "slots"
+    slots = settings.storage_dir / "uploads" / ".incoming" / "slots"
     wait_for(lambda: any(map(held_by_writer, slots.glob("*"))), 30, "the first upload's slot")
     refused = post(key)
     assert refused.status_code == 429, refused.text
