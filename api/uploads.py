@@ -140,17 +140,18 @@ def persist(upload: FileStorage, target: Path) -> None:
         shutil.copyfileobj(upload.stream, sink, CHUNK)
 
 
-# Slots: one lock file per (owner, slot) under the storage volume, held with `flock` for as
-# long as an upload's request lives, so the cap holds across API processes, and a process
-# that dies lets go of its slots with its locks.
-SLOTS = "slots"
+# Slots: one empty lock file per (owner, slot) on the storage volume, held with `flock` for
+# as long as an upload's request lives, so the cap holds across API processes, and a process
+# that dies lets go of its slots with its locks. They are never removed (removing a lock file
+# another request has just opened would let two hold "the same" slot).
+SLOTS = "upload-slots"
 
 
 @contextlib.contextmanager
 def upload_slot(storage: Storage, owner: str, limit: int) -> Iterator[None]:
     """Hold one of `owner`'s `limit` upload slots while the body arrives, or answer 429."""
-    slots = incoming_dir(storage) / SLOTS
-    slots.mkdir(exist_ok=True)
+    slots = storage.root / SLOTS
+    slots.mkdir(parents=True, exist_ok=True)
     stem = hashlib.sha256(owner.encode()).hexdigest()[:16]
     for index in range(limit):
         descriptor = os.open(slots / f"{stem}-{index}", os.O_CREAT | os.O_RDWR, 0o600)

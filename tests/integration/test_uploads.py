@@ -588,7 +588,7 @@ def test_one_key_name_has_at_most_its_share_of_uploads_arriving(
     )
     sender.start()
     assert held.wait(30)
-    slots = settings.storage_dir / "uploads" / ".incoming" / "slots"
+    slots = settings.storage_dir / "upload-slots"
     wait_for(lambda: any(map(held_by_writer, slots.glob("*"))), 30, "the first upload's slot")
     refused = post(key)
     assert refused.status_code == 429, refused.text
