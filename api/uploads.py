@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from apiflask import APIFlask, HTTPError
-from flask import Request, current_app, g, request
+from flask import Request, current_app, request
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
@@ -77,8 +77,6 @@ def init_app(app: APIFlask, idle_seconds: int) -> None:
     app.register_error_handler(RequestEntityTooLarge, _too_large)
 
     def _stopped(error: ClientDisconnected) -> ResponseReturnValue:
-        if too_slow():
-            return render_error(too_slow_error())
         message = (
             f"the request body stopped before its end: nothing arrived for {idle_seconds} s, "
             "or the client went away"
@@ -265,25 +263,18 @@ RATE_WATCH = RateWatch()
 def watched_upload(min_kb_per_s: int) -> Iterator[None]:
     """The request's body under the minimum rate; a body cut for it fails with that reason."""
     with RATE_WATCH.watch(min_kb_per_s) as counted:
-        g.upload_rate = (counted, min_kb_per_s)
         try:
             yield
         except Exception:
             if counted is not None and counted.cut:
-                raise too_slow_error() from None
+                raise _too_slow(min_kb_per_s) from None
             raise
         if counted is not None and counted.cut:
-            raise too_slow_error()
+            raise _too_slow(min_kb_per_s)
 
 
-def too_slow() -> bool:
-    counted, _ = g.get("upload_rate", (None, 0))
-    return counted is not None and bool(counted.cut)
-
-
-def too_slow_error() -> HTTPError:
-    _, min_kb_per_s = g.get("upload_rate", (None, 0))
-    seconds = MIB / (min_kb_per_s * 1024) if min_kb_per_s else 0
+def _too_slow(min_kb_per_s: int) -> HTTPError:
+    seconds = MIB / (min_kb_per_s * 1024)
     return api_error(
         408,
         f"the upload arrived slower than the minimum of {min_kb_per_s} KB/s (a MiB took "

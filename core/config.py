@@ -79,8 +79,8 @@ class Settings(BaseSettings):
     max_uploads_per_owner: int = Field(
         4,
         ge=1,
-        description="Uploads one key name may have arriving at once, per API process; one "
-        "more is answered 429.",
+        description="Uploads one key name may have arriving at once, across the API's "
+        "processes; one more is answered 429.",
     )
     early_ingest_mb_per_s: float = Field(
         50.0,
