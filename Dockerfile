@@ -19,6 +19,7 @@ COPY core ./core
 COPY api ./api
 COPY worker ./worker
 COPY training ./training
+COPY cli ./cli
 COPY migrations ./migrations
 
 ARG EXTRAS=""

@@ -11,10 +11,10 @@ from api.context import EXTENSION, ApiContext
 from api.openapi import RequestBodiesPlugin
 from api.schemas import ErrorOut
 from api.uploads import StreamingUploadRequest
+from core.broker.queue import TaskQueue
 from core.config import Settings, load_settings
 from core.db import Database
 from core.storage import Storage
-from worker.celery_app import create_celery
 
 
 def create_app(settings: Settings | None = None) -> APIFlask:
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
         settings=settings,
         db=Database(settings.database_url),
         storage=Storage(settings.storage_dir),
-        celery=create_celery(settings),
+        queue=TaskQueue(settings),
     )
     errors.init_app(app)
     docs.init_app(app)

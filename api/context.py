@@ -1,4 +1,4 @@
-"""What the API's views share: settings, database, storage and the Celery app to enqueue with."""
+"""What the API's views share: settings, database, storage and the queue that starts work."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from flask import Flask
 
+from core.broker.queue import TaskQueue
 from core.config import Settings
 from core.db import Database
 from core.storage import Storage
-from worker.celery_app import PneumoscanCelery
 
 EXTENSION = "pneumoscan"
 
@@ -19,7 +19,7 @@ class ApiContext:
     settings: Settings
     db: Database
     storage: Storage
-    celery: PneumoscanCelery
+    queue: TaskQueue
 
 
 def api_context(app: Flask) -> ApiContext:

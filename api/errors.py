@@ -8,7 +8,14 @@ from typing import Any
 from apiflask import APIFlask, HTTPError
 from flask.typing import ResponseReturnValue
 
-from core.errors import ConflictError, DomainError, ForbiddenError, InvalidInputError, NotFoundError
+from core.errors import (
+    ConflictError,
+    DomainError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    UnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +24,7 @@ STATUS_OF = {
     ForbiddenError: 403,
     InvalidInputError: 400,
     ConflictError: 409,
+    UnavailableError: 503,
 }
 
 

@@ -54,5 +54,4 @@ def _database_ok(context: ApiContext) -> None:
 
 
 def _broker_ok(context: ApiContext) -> None:
-    with context.celery.connection_for_write() as connection:
-        connection.ensure_connection(max_retries=1, timeout=3)
+    context.queue.check()

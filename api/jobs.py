@@ -13,7 +13,6 @@ from uuid import uuid4
 
 from apiflask import APIBlueprint, APIFlask, HTTPError
 from flask import Response, current_app, request, stream_with_context, url_for
-from kombu.exceptions import OperationalError as BrokerError
 from marshmallow import ValidationError
 from werkzeug.datastructures import FileStorage
 from werkzeug.http import parse_options_header
@@ -37,6 +36,7 @@ from api.schemas import (
 from api.uploads import CHUNK, UPLOAD_TYPES, persist, upload_slot, watched_upload
 from core.archive import EMPTY_ZIP_MAGIC, ZIP_MAGIC, is_zip_file
 from core.arriving import ArrivingWriter
+from core.broker.queue import QueueUnavailableError
 from core.ingest import ARCHIVE_NAME
 from core.jobs import (
     JobFinishedError,
@@ -51,7 +51,6 @@ from core.jobs import (
 )
 from core.models import DICOM_COLUMNS, FINISHED_STATUSES, Job, JobStatus, SourceKind, utcnow
 from core.results import iter_results, results_page
-from worker.tasks import ingest_job
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1", tag="Jobs")
@@ -303,15 +302,14 @@ def _load(schema: Any, data: Any) -> dict[str, Any]:
 
 def _enqueue_ingest(context: ApiContext, job: Job) -> None:
     try:
-        context.celery.tasks[ingest_job.name].delay(job.id)
-    except BrokerError as exc:
-        log.error("could not enqueue job %s: %s", job.id, exc)
+        context.queue.ingest(job.id)
+    except QueueUnavailableError:
         with context.db.session() as session:
             stored = get_job(session, job.id)
             stored.status, stored.finished_at = JobStatus.FAILED, utcnow()
             stored.status_detail = "the job queue is unavailable; nothing was scored, submit again"
         context.storage.remove_job(job.id)
-        raise api_error(503, "the job queue is unavailable; try again shortly") from exc
+        raise
 
 
 @bp.get("/jobs")

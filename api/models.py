@@ -10,9 +10,9 @@ from flask import current_app
 from api.auth import ADMIN, READ, auth
 from api.context import api_context
 from api.schemas import ActivatedModelOut, ModelsOut
+from core.activation import activate_version
 from core.models import ModelVersion
-from core.registry import activate, list_versions
-from worker.tasks import release_waiting_jobs
+from core.registry import list_versions
 
 bp = APIBlueprint("models", __name__, url_prefix="/v1", tag="Models")
 
@@ -33,15 +33,17 @@ def list_models() -> dict[str, Any]:
 @bp.post("/models/<version>/activate")
 @bp.auth_required(auth, roles=ADMIN)
 @bp.output(ActivatedModelOut)
-@bp.doc(responses={404: "No such version", 409: "Its artifact was pruned"})
+@bp.doc(
+    responses={
+        404: "No such version",
+        409: "Its artifact was pruned",
+        503: "Activated, but the queue is unavailable: the scheduler releases waiting jobs",
+    }
+)
 def activate_model(version: str) -> dict[str, Any]:
     """Make this version the active one (promote a candidate, or roll back)."""
     context = api_context(current_app)
-    with context.db.session() as session:
-        out = model_out(activate(session, version))
-    # Jobs that were waiting for a model can start now.
-    context.celery.tasks[release_waiting_jobs.name].delay()
-    return out
+    return model_out(activate_version(context.db, version, context.queue.release_waiting_jobs))
 
 
 def model_out(row: ModelVersion) -> dict[str, Any]:

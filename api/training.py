@@ -12,8 +12,14 @@ from api.context import api_context
 from api.pagination import pagination
 from api.schemas import PageQuery, TrainingRunIn, TrainingRunOut, TrainingRunsPageOut
 from core.models import TrainingRun
-from core.training_runs import TrainingParams, get_run, list_runs, request_run, version_of_run
-from worker.tasks import train_model
+from core.training_runs import (
+    TrainingParams,
+    get_run,
+    list_runs,
+    request_run,
+    send_run,
+    version_of_run,
+)
 
 bp = APIBlueprint("training", __name__, url_prefix="/v1", tag="Training")
 
@@ -26,7 +32,13 @@ def init_app(app: APIFlask) -> None:
 @bp.auth_required(auth, roles=ADMIN)
 @bp.input(TrainingRunIn, location="json")
 @bp.output(TrainingRunOut, status_code=202, description="The run, queued")
-@bp.doc(responses={400: "Bad parameters or no reference data", 409: "A run is in progress"})
+@bp.doc(
+    responses={
+        400: "Bad parameters or no reference data",
+        409: "A run is in progress",
+        503: "Queue unavailable (the run is recorded as failed)",
+    }
+)
 def start_training_run(json_data: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Queue a retraining on the reference data plus confirmed labels."""
     context = api_context(current_app)
@@ -37,7 +49,7 @@ def start_training_run(json_data: dict[str, Any]) -> tuple[dict[str, Any], int, 
         )
         run.requested_by = caller().name
         out = run_out(session, run)
-    context.celery.tasks[train_model.name].delay(out["id"])
+    send_run(context.db, out["id"], context.queue.train)
     return out, 202, {"Location": url_for("training.get_training_run", run_id=out["id"])}
 
 

@@ -62,7 +62,7 @@ def service_env(
 def run_cli(command: list[str], env: dict[str, str]) -> str:
     """`pneumoscan COMMAND...` to its end; its standard output."""
     done = subprocess.run(
-        [sys.executable, "-m", "core.cli", *command],
+        [sys.executable, "-m", "cli", *command],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -76,7 +76,7 @@ def run_cli(command: list[str], env: dict[str, str]) -> str:
 def start_cli(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """`pneumoscan COMMAND...` in the background, its output in `log`."""
     return subprocess.Popen(
-        [sys.executable, "-m", "core.cli", *command],
+        [sys.executable, "-m", "cli", *command],
         env=env,
         cwd=REPO,
         stdout=log.open("wb"),

@@ -53,7 +53,7 @@ from common import (
     write_results,
 )
 
-from core.client import ApiClient
+from cli.client import ApiClient
 from core.config import Settings, load_settings
 from core.imaging import load_model_input
 from core.inference import predict_padded

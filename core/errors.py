@@ -1,6 +1,6 @@
 """Domain errors: each says what went wrong for people and carries a stable `code`.
 
-The API maps the four kinds to HTTP statuses; the CLI prints the message.
+The API maps the five kinds to HTTP statuses; the CLI prints the message.
 """
 
 from __future__ import annotations
@@ -28,3 +28,9 @@ class InvalidInputError(DomainError):
 
 class ConflictError(DomainError):
     code = "conflict"
+
+
+class UnavailableError(DomainError):
+    """A service the request needs (the broker) cannot be reached; trying again may work."""
+
+    code = "unavailable"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
@@ -11,7 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.config import AUGMENTATIONS, OPTIMIZERS, Settings
-from core.errors import ConflictError, InvalidInputError, NotFoundError
+from core.db import Database
+from core.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from core.imaging import Preprocessing
 from core.jobs import Page
 from core.labels import newest_label_time
@@ -229,6 +231,22 @@ def fail_stale_runs(session: Session, stale_after: timedelta) -> list[int]:
             error=f"no sign of life for {minutes} minutes: its worker was lost or none is running",
         )
     return stale
+
+
+def send_run(db: Database, run_id: int, send: Callable[[int], None]) -> None:
+    """Hand a committed run to the training queue. When the queue cannot take it the run fails
+    at once, so it does not hold the one-run-at-a-time lock until it is judged stale."""
+    try:
+        send(run_id)
+    except UnavailableError:
+        with db.session() as session:
+            finish_run(
+                session,
+                run_id,
+                RunStatus.FAILED,
+                error="the job queue was unavailable when the run was requested; nothing trained",
+            )
+        raise
 
 
 def finish_run(session: Session, run_id: int, status: RunStatus, **fields: Any) -> None:

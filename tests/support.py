@@ -52,7 +52,7 @@ class WorkerProcess:
         self._log = log_path.open("wb")
         command = ["worker", "--queues", queues, "--concurrency", str(concurrency)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", *command],
+            [sys.executable, "-m", "cli", *command],
             env=settings_env(settings),
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -130,7 +130,7 @@ class ServiceProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", *command],
+            [sys.executable, "-m", "cli", *command],
             env=settings_env(settings),
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -3,11 +3,13 @@ holdout, clean and under the stressed changes alike."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.activation import activate_version, leave_to_the_sweep
 from core.db import Database
-from core.registry import activate, active_version, prune_artifacts
+from core.registry import active_version, prune_artifacts
 from core.storage import Storage
 from training.data import Sample
 from training.evaluate import measure_version
@@ -102,9 +104,11 @@ def promote_if_allowed(
     threads: int,
     max_pixels: int,
     keep_inactive: int,
+    release: Callable[[], None] = leave_to_the_sweep,
 ) -> Decision:
     """Measure the active model on the same holdout patients (decoded as that version was
-    trained: its own input size and preprocessing), decide, and activate in one transaction."""
+    trained: its own input size and preprocessing), decide, activate (which releases the jobs
+    waiting for a model) and prune the artifacts of old versions."""
     with db.session() as session:
         current = active_version(session)
     active_metrics = active_stressed = None
@@ -122,8 +126,8 @@ def promote_if_allowed(
         active_metrics,
         active_stressed,
     )
+    if decision.activate:
+        activate_version(db, candidate, release)
     with db.session() as session:
-        if decision.activate:
-            activate(session, candidate)
         prune_artifacts(session, storage, keep_inactive)
     return decision

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
+from core.activation import leave_to_the_sweep
 from core.config import Settings
 from core.db import Database
 from core.imaging import Preprocessing
@@ -182,15 +184,17 @@ def run_training(
     settings: Settings,
     run_id: int,
     progress: Progress | None = None,
+    release: Callable[[], None] = leave_to_the_sweep,
 ) -> RunOutcome:
-    """Train, evaluate, register and gate one run; a failure is recorded on the run."""
+    """Train, evaluate, register and gate one run; a failure is recorded on the run. An
+    activated version releases the jobs waiting for a model through `release`."""
     with db.session() as session:
         run = start_run(session, run_id)
         if run is None:
             return RunOutcome(run_id, "ignored", error="the run already finished")
         params = TrainingParams(**run.params)
     try:
-        return _train_and_register(db, storage, settings, run_id, params, progress)
+        return _train_and_register(db, storage, settings, run_id, params, progress, release)
     except Exception as exc:
         log.exception("training run %s failed", run_id)
         error = f"{type(exc).__name__}: {exc}"
@@ -237,6 +241,7 @@ def _train_and_register(
     run_id: int,
     params: TrainingParams,
     progress: Progress | None,
+    release: Callable[[], None],
 ) -> RunOutcome:
     started = time.monotonic()
     # GPU memory growth only: training takes every core TensorFlow wants (the thread settings
@@ -275,6 +280,7 @@ def _train_and_register(
         threads=settings.decode_threads,
         max_pixels=settings.max_image_pixels,
         keep_inactive=settings.keep_inactive_models,
+        release=release,
     )
     if decision.active_metrics is not None:
         metrics["gate"] = {

@@ -73,13 +73,12 @@ def release_waiting_jobs(self: Task) -> None:
     release_waiting(context_of(self.app))
 
 
-def release_waiting(context: WorkerContext) -> list[str]:
+def release_waiting(context: WorkerContext) -> None:
     with context.db.session() as session:
         claimed = claim_waiting_jobs(session)
     for job_id in claimed:
         log.info("job %s released: a model is active", job_id)
         enqueue_scoring(context, job_id)
-    return claimed
 
 
 def enqueue_scoring(context: WorkerContext, job_id: str) -> int:
@@ -93,14 +92,18 @@ def enqueue_scoring(context: WorkerContext, job_id: str) -> int:
 
 @shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
 def train_model(self: Task, run_id: int) -> None:
-    """Run one training run (queue `training`); activation releases waiting jobs."""
+    """Run one training run (queue `training`); its activation releases waiting jobs."""
     from training.train import run_training
 
     context = context_of(self.app)
-    outcome = run_training(context.db, context.storage, context.settings, run_id)
+    outcome = run_training(
+        context.db,
+        context.storage,
+        context.settings,
+        run_id,
+        release=lambda: release_waiting(context),
+    )
     log.info("training run %s %s: %s", run_id, outcome.status, outcome.decision or outcome.error)
-    if outcome.activated:
-        release_waiting(context)
 
 
 @shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)

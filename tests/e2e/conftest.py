@@ -40,7 +40,7 @@ def service(tmp_path: Path, extra_env: dict[str, str]) -> Iterator[Service]:
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "up"], env=env, cwd=tmp_path, stdout=log, stderr=log
+            [sys.executable, "-m", "cli", "up"], env=env, cwd=tmp_path, stdout=log, stderr=log
         )
         url = f"http://127.0.0.1:{env['PNEUMOSCAN_API_PORT']}"
         wait_for(
@@ -77,7 +77,7 @@ def processes_with(marker: bytes) -> list[int]:
 
 def pneumoscan(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         cwd=REPO,
         capture_output=True,

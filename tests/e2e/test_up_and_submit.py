@@ -52,7 +52,7 @@ def test_up_does_not_print_the_database_password(postgres_url: str, tmp_path: Pa
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "up"], env=env, cwd=tmp_path, stdout=log, stderr=log
+            [sys.executable, "-m", "cli", "up"], env=env, cwd=tmp_path, stdout=log, stderr=log
         )
         try:
             wait_for(lambda: "serving on" in log_path.read_text(), 90, "up to start serving")

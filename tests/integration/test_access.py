@@ -112,7 +112,7 @@ def test_a_key_sees_only_its_own_jobs_unless_admin(app: APIFlask) -> None:
 
 
 def test_the_command_line_offers_every_scope() -> None:
-    from core.cli.keys import keys_create
+    from cli.keys import keys_create
     from core.keys import SCOPES
 
     scope = next(p for p in keys_create.params if p.name == "scope")
@@ -124,7 +124,7 @@ def test_keys_are_stored_only_as_hashes_and_revoked_keys_stop_working(
 ) -> None:
     env = settings_env(settings)
     created = subprocess.run(
-        [sys.executable, "-m", "core.cli", "keys", "create", "--name", "pacs", "--scope", "read"],
+        [sys.executable, "-m", "cli", "keys", "create", "--name", "pacs", "--scope", "read"],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -142,7 +142,7 @@ def test_keys_are_stored_only_as_hashes_and_revoked_keys_stop_working(
     headers = {"Authorization": f"Bearer {secret}"}
     assert app.test_client().get("/v1/jobs", headers=headers).status_code == 200
     revoked = subprocess.run(
-        [sys.executable, "-m", "core.cli", "keys", "revoke", secret[:12]],
+        [sys.executable, "-m", "cli", "keys", "revoke", secret[:12]],
         env=env,
         cwd=REPO,
         capture_output=True,

@@ -515,7 +515,7 @@ def evaluate_cli(settings: Settings, *arguments: str) -> tuple[dict, str]:
     from tests.support import REPO, settings_env
 
     result = subprocess.run(
-        [sys.executable, "-m", "core.cli", "evaluate", *arguments],
+        [sys.executable, "-m", "cli", "evaluate", *arguments],
         env=settings_env(settings),
         cwd=REPO,
         capture_output=True,
@@ -636,7 +636,7 @@ def test_cli_train_shows_progress_registers_and_refuses_a_concurrent_run(
     command = [
         sys.executable,
         "-m",
-        "core.cli",
+        "cli",
         "train",
         "--data",
         str(small_reference),

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.cli.service import API_MALLOC_SETTINGS, api_environment
+from cli.service import API_MALLOC_SETTINGS, api_environment
 from core.config import Settings, load_settings
 
 

@@ -45,7 +45,7 @@ def half_read_messages(transport: str, folder: Path) -> int:
 
 
 def test_messages_appear_whole(tmp_path: Path) -> None:
-    assert half_read_messages("worker.filesystem_broker:Transport", tmp_path) == 0
+    assert half_read_messages("core.broker.filesystem:Transport", tmp_path) == 0
 
 
 # What the test sees without the fix (40 of 40 here); not strict: kombu may fix it one day.

@@ -33,7 +33,7 @@ def supervise(tmp_path: Path, crashes: int, limit: int) -> tuple[subprocess.Pope
     child = [sys.executable, "-c", FLAKY, str(starts), str(crashes)]
     program = (
         "import sys\n"
-        "from core.supervisor import Command, Supervisor\n"
+        "from cli.supervisor import Command, Supervisor\n"
         f"sys.exit(Supervisor({{'flaky': Command({child!r}), 'steady': Command({child[:3]!r} + "
         f"[{str(tmp_path / 'steady')!r}, '0'])}}, restart_limit={limit}, "
         "restart_delay=0.1).run())\n"

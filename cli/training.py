@@ -1,4 +1,4 @@
-"""Models: import, activate, list, new; training and evaluation."""
+"""Training and evaluation from the command line: the same code paths as the training task."""
 
 from __future__ import annotations
 
@@ -8,115 +8,9 @@ from typing import Any
 
 import click
 
-from core.cli.common import release_waiting_jobs, settings_of
+from cli.context import CliContext, pass_cli
 from core.config import AUGMENTATIONS, OPTIMIZERS
 from core.errors import DomainError
-
-
-@click.group()
-def models() -> None:
-    """Model versions."""
-
-
-@models.command("import")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--activate", is_flag=True, help="Make it the active version at once.")
-@click.option("--architecture", default=None, help="Recorded with the version.")
-@click.option("--threshold", type=float, default=0.5, show_default=True)
-@click.option(
-    "--preprocessing",
-    default="squash",
-    show_default=True,
-    help="The input the model was trained on: squash, equalize, trimN or trimN+equalize.",
-)
-@click.pass_context
-def models_import(
-    ctx: click.Context,
-    path: Path,
-    activate: bool,
-    architecture: str | None,
-    threshold: float,
-    preprocessing: str,
-) -> None:
-    """Register a saved .keras model as a new version."""
-    from core import registry
-    from core.db import Database
-    from core.storage import Storage
-
-    settings = settings_of(ctx)
-    database = Database(settings.database_url)
-    try:
-        with database.session() as session:
-            row = registry.import_model(
-                session,
-                Storage(settings.storage_dir),
-                path,
-                architecture=architecture,
-                threshold=threshold,
-                preprocessing=preprocessing,
-            )
-            if activate:
-                registry.activate(session, row.version)
-            version = row.version
-    except DomainError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"imported {path} as version {version}{' (active)' if activate else ''}")
-    if activate:
-        release_waiting_jobs(settings)
-
-
-@models.command("activate")
-@click.argument("version")
-@click.pass_context
-def models_activate(ctx: click.Context, version: str) -> None:
-    """Make VERSION the active model (promote or roll back)."""
-    from core import registry
-    from core.db import Database
-
-    settings = settings_of(ctx)
-    try:
-        with Database(settings.database_url).session() as session:
-            registry.activate(session, version)
-    except DomainError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"version {version} is active")
-    release_waiting_jobs(settings)
-
-
-@models.command("list")
-@click.pass_context
-def models_list(ctx: click.Context) -> None:
-    """Registered versions, newest first."""
-    from core import registry
-    from core.db import Database
-
-    with Database(settings_of(ctx).database_url).session() as session:
-        rows = registry.list_versions(session)
-        header = ("VERSION", "STATUS", "ARCHITECTURE", "SIZE", "INPUT", "THRESHOLD", "CREATED")
-        click.echo("{:<28} {:<10} {:<20} {:>4} {:<15} {:>9}  {}".format(*header))
-        for row in rows:
-            click.echo(
-                f"{row.version:<28} {row.status:<10} {row.architecture or '-':<20} "
-                f"{row.input_size:>4} {row.preprocessing:<15} {row.threshold:>9.3f}  "
-                f"{row.created_at:%Y-%m-%d %H:%M}"
-            )
-
-
-@models.command("new")
-@click.option(
-    "--architecture",
-    default="inception_resnet_v2",
-    show_default=True,
-    type=click.Choice(["inception_resnet_v2", "baseline_cnn"]),
-)
-@click.option("--input-size", type=int, default=75, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def models_new(architecture: str, input_size: int, out: Path) -> None:
-    """Save an untrained model (random weights): enough to try the pipeline before training."""
-    from training.model import save_untrained
-
-    save_untrained(architecture, out, input_size)
-    click.echo(f"saved an untrained {architecture} to {out}")
 
 
 @click.command()
@@ -147,21 +41,19 @@ def models_new(architecture: str, input_size: int, out: Path) -> None:
     default="if-better",
     show_default=True,
 )
-@click.pass_context
-def train(ctx: click.Context, data: Path | None, activate: str, **options: Any) -> None:
+@pass_cli
+def train(cli: CliContext, data: Path | None, activate: str, **options: Any) -> None:
     """Train a model (the same code path as the training task) and register it."""
-    from core.db import Database
     from core.storage import Storage
     from core.training_runs import TrainingParams, request_run
     from training.train import run_training
 
-    settings = settings_of(ctx)
+    settings = cli.settings
     try:
         params = TrainingParams.from_settings(
             settings, data_dir=str(data.resolve()) if data else None, activate=activate, **options
         )
-        database = Database(settings.database_url)
-        with database.session() as session:
+        with cli.db.session() as session:
             run, _ = request_run(session, params, "cli", stale_after=settings.training_stale_after)
             run_id = run.id
     except DomainError as exc:
@@ -169,7 +61,14 @@ def train(ctx: click.Context, data: Path | None, activate: str, **options: Any) 
     click.echo(f"training run {run_id}: {params.architecture}, {params.epochs} epochs", err=True)
     progress = _TrainingProgress()
     try:
-        outcome = run_training(database, Storage(settings.storage_dir), settings, run_id, progress)
+        outcome = run_training(
+            cli.db,
+            Storage(settings.storage_dir),
+            settings,
+            run_id,
+            progress,
+            release=cli.release_waiting_jobs,
+        )
     finally:
         progress.close()
     if outcome.error:
@@ -179,8 +78,6 @@ def train(ctx: click.Context, data: Path | None, activate: str, **options: Any) 
         f"{'activated' if outcome.activated else 'not activated'} ({outcome.decision})",
         err=True,
     )
-    if outcome.activated:
-        release_waiting_jobs(settings)
 
 
 class _TrainingProgress:
@@ -243,9 +140,9 @@ class _TrainingProgress:
     help="A labelled folder of original-resolution images: those of the split's patients are "
     "measured too, decoded as scoring decodes them.",
 )
-@click.pass_context
+@pass_cli
 def evaluate(
-    ctx: click.Context,
+    cli: CliContext,
     data: Path,
     version: str | None,
     split: str,
@@ -257,16 +154,15 @@ def evaluate(
     import json
 
     from core import registry
-    from core.db import Database
     from core.storage import Storage
     from training.data import class_counts, read_labelled_folder
     from training.evaluate import evaluate_samples, load_version
     from training.stress import CHANGES
     from training.train import patients_of_split
 
-    settings = settings_of(ctx)
+    settings = cli.settings
     try:
-        with Database(settings.database_url).session() as session:
+        with cli.db.session() as session:
             row = (
                 registry.get_version(session, version)
                 if version

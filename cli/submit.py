@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from core.cli.common import settings_of
+from cli.context import CliContext, pass_cli
 
 
 @click.command()
@@ -20,9 +20,9 @@ from core.cli.common import settings_of
 @click.option("--api-url", default=None, help="Default: PNEUMOSCAN_API_URL.")
 @click.option("--api-key", default=None, help="Default: PNEUMOSCAN_API_KEY.")
 @click.option("--poll-seconds", type=float, default=1.0, show_default=True)
-@click.pass_context
+@pass_cli
 def submit(
-    ctx: click.Context,
+    cli: CliContext,
     path: Path,
     wait: bool,
     out: Path | None,
@@ -31,9 +31,9 @@ def submit(
     poll_seconds: float,
 ) -> None:
     """Send a folder (zipped on the fly) or a zip to the API; optionally wait and save the CSV."""
-    from core.client import ApiClient, ClientError
+    from cli.client import ApiClient, ClientError
 
-    settings = settings_of(ctx)
+    settings = cli.settings
     client = ApiClient(api_url or settings.api_url, api_key or settings.api_key)
     try:
         job = client.submit(path)

@@ -8,23 +8,23 @@ from collections.abc import Mapping
 
 import click
 
-from core.cli.common import settings_of
-from core.config import Settings
+from cli.context import CliContext, pass_cli
 
 
 @click.command()
-@click.pass_context
-def up(ctx: click.Context) -> None:
+@pass_cli
+def up(cli: CliContext) -> None:
     """Run api, workers and scheduler together on this machine (Ctrl-C stops all)."""
+    from cli.supervisor import Command, Supervisor
     from core.migrate import upgrade
-    from core.supervisor import Command, Supervisor
 
-    settings = settings_of(ctx)
+    settings = cli.settings
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
-    _first_admin_key(settings)
-    _bootstrap_training(settings)
-    me = [sys.executable, "-m", "core.cli"]
+    _first_admin_key(cli)
+    _bootstrap_training(cli)
+    cli.close()  # the children connect on their own; this process only watches them
+    me = [sys.executable, "-m", "cli"]
     click.echo(f"pneumoscan: serving on {settings.api_url} (database {settings.database_shown})")
     all_cores = {"PNEUMOSCAN_TF_INTRA_OP_THREADS": "0", "PNEUMOSCAN_TF_INTER_OP_THREADS": "0"}
     code = Supervisor(
@@ -41,19 +41,14 @@ def up(ctx: click.Context) -> None:
     sys.exit(code)
 
 
-def _first_admin_key(settings: Settings) -> None:
+def _first_admin_key(cli: CliContext) -> None:
     """On the very first start, an admin key, printed once: every /v1 call needs a key."""
-    from core.db import Database
     from core.keys import any_keys, create_key
 
-    database = Database(settings.database_url)
-    try:
-        with database.session() as session:
-            if any_keys(session):
-                return
-            _, secret = create_key(session, "admin", "admin")
-    finally:
-        database.dispose()
+    with cli.db.session() as session:
+        if any_keys(session):
+            return
+        _, secret = create_key(session, "admin", "admin")
     click.echo(
         "pneumoscan: first start, created an admin API key. It is shown only now; keep it:\n"
         f"    export PNEUMOSCAN_API_KEY={secret}\n"
@@ -61,19 +56,16 @@ def _first_admin_key(settings: Settings) -> None:
     )
 
 
-def _bootstrap_training(settings: Settings) -> None:
+def _bootstrap_training(cli: CliContext) -> None:
     """First run: no active model but reference data configured, so train one now."""
     from core import registry
-    from core.db import Database
-    from core.training_runs import TrainingBusyError, TrainingParams, request_run
-    from worker.celery_app import create_celery
-    from worker.tasks import train_model
+    from core.training_runs import TrainingBusyError, TrainingParams, request_run, send_run
 
+    settings = cli.settings
     if settings.data_dir is None:
         return
-    database = Database(settings.database_url)
     try:
-        with database.session() as session:
+        with cli.db.session() as session:
             if registry.active_version(session) is not None:
                 return
             # With nothing to compare against and nothing serving, the first model goes live.
@@ -85,9 +77,7 @@ def _bootstrap_training(settings: Settings) -> None:
     except TrainingBusyError as exc:
         click.echo(f"pneumoscan: no active model; {exc.message}")
         return
-    finally:
-        database.dispose()
-    create_celery(settings).tasks[train_model.name].delay(run_id)
+    send_run(cli.db, run_id, cli.queue.train)
     click.echo(
         f"pneumoscan: no active model; training run {run_id} started on {settings.data_dir} "
         "(jobs wait until it is activated)"
@@ -95,10 +85,10 @@ def _bootstrap_training(settings: Settings) -> None:
 
 
 @click.command()
-@click.pass_context
-def api(ctx: click.Context) -> None:
+@pass_cli
+def api(cli: CliContext) -> None:
     """Serve the HTTP API with gunicorn (threads, so long uploads do not block others)."""
-    settings = settings_of(ctx)
+    settings = cli.settings
     argv = [
         sys.executable,
         "-m",
@@ -150,12 +140,12 @@ def api_environment(environ: Mapping[str, str]) -> dict[str, str]:
     type=click.Choice(["prefork", "solo", "threads"]),
     help="Default: PNEUMOSCAN_WORKER_POOL.",
 )
-@click.pass_context
-def worker(ctx: click.Context, queues: str, concurrency: int | None, pool: str | None) -> None:
+@pass_cli
+def worker(cli: CliContext, queues: str, concurrency: int | None, pool: str | None) -> None:
     """Run a Celery worker; it loads the active model lazily, on the first batch it scores."""
     from worker.celery_app import create_celery
 
-    settings = settings_of(ctx)
+    settings = cli.settings
     app = create_celery(settings)
     app.worker_main(
         [
@@ -177,12 +167,12 @@ def worker(ctx: click.Context, queues: str, concurrency: int | None, pool: str |
 
 
 @click.command()
-@click.pass_context
-def beat(ctx: click.Context) -> None:
+@pass_cli
+def beat(cli: CliContext) -> None:
     """Run the Celery beat scheduler."""
     from worker.celery_app import create_celery
 
-    settings = settings_of(ctx)
+    settings = cli.settings
     settings.home.mkdir(parents=True, exist_ok=True)
     create_celery(settings).start(["beat", "--loglevel", settings.log_level])
 
@@ -194,21 +184,21 @@ def db() -> None:
 
 @db.command("upgrade")
 @click.argument("revision", default="head")
-@click.pass_context
-def db_upgrade(ctx: click.Context, revision: str) -> None:
+@pass_cli
+def db_upgrade(cli: CliContext, revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
     from core.migrate import upgrade
 
-    upgrade(settings_of(ctx).database_url, revision)
+    upgrade(cli.settings.database_url, revision)
     click.echo(f"database at {revision}")
 
 
 @db.command("downgrade")
 @click.argument("revision")
-@click.pass_context
-def db_downgrade(ctx: click.Context, revision: str) -> None:
+@pass_cli
+def db_downgrade(cli: CliContext, revision: str) -> None:
     """Revert migrations down to REVISION ('base' for an empty database)."""
     from core.migrate import downgrade
 
-    downgrade(settings_of(ctx).database_url, revision)
+    downgrade(cli.settings.database_url, revision)
     click.echo(f"database at {revision}")

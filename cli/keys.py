@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from core.cli.common import settings_of
+from cli.context import CliContext, pass_cli
 from core.errors import DomainError
 
 
@@ -22,14 +22,13 @@ def keys() -> None:
     help="read: its own jobs; submit: and send jobs; review: every job, and confirm labels; "
     "admin: everything.",
 )
-@click.pass_context
-def keys_create(ctx: click.Context, name: str, scope: str) -> None:
+@pass_cli
+def keys_create(cli: CliContext, name: str, scope: str) -> None:
     """Create a key and print it once: it cannot be shown again."""
-    from core.db import Database
     from core.keys import create_key
 
     try:
-        with Database(settings_of(ctx).database_url).session() as session:
+        with cli.db.session() as session:
             row, secret = create_key(session, name, scope)
             prefix = row.prefix
     except DomainError as exc:
@@ -39,13 +38,12 @@ def keys_create(ctx: click.Context, name: str, scope: str) -> None:
 
 
 @keys.command("list")
-@click.pass_context
-def keys_list(ctx: click.Context) -> None:
+@pass_cli
+def keys_list(cli: CliContext) -> None:
     """Keys by prefix, name and scope (never the keys themselves)."""
-    from core.db import Database
     from core.keys import list_keys
 
-    with Database(settings_of(ctx).database_url).session() as session:
+    with cli.db.session() as session:
         click.echo(f"{'PREFIX':<14} {'SCOPE':<7} {'STATUS':<8} NAME")
         for row in list_keys(session):
             status = "revoked" if row.revoked_at else "active"
@@ -54,14 +52,13 @@ def keys_list(ctx: click.Context) -> None:
 
 @keys.command("revoke")
 @click.argument("prefix")
-@click.pass_context
-def keys_revoke(ctx: click.Context, prefix: str) -> None:
+@pass_cli
+def keys_revoke(cli: CliContext, prefix: str) -> None:
     """Revoke the key starting with PREFIX (as `keys list` shows it)."""
-    from core.db import Database
     from core.keys import revoke_key
 
     try:
-        with Database(settings_of(ctx).database_url).session() as session:
+        with cli.db.session() as session:
             row = revoke_key(session, prefix)
             click.echo(f"revoked {row.prefix}... ({row.name}, {row.scope})")
     except DomainError as exc:
