@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
-import time
 from collections.abc import Iterator
-from pathlib import Path
+from functools import partial
 from typing import Any
 from uuid import uuid4
 
-from apiflask import APIBlueprint, APIFlask, HTTPError
+from apiflask import APIBlueprint, APIFlask
 from flask import Response, current_app, request, stream_with_context, url_for
 from marshmallow import ValidationError
-from werkzeug.datastructures import FileStorage
 from werkzeug.http import parse_options_header
 
 from api.auth import READ, SUBMIT, auth, caller
@@ -34,28 +31,19 @@ from api.schemas import (
     UploadJobIn,
 )
 from api.uploads import CHUNK, UPLOAD_TYPES, persist, upload_slot, watched_upload
-from core.archive import EMPTY_ZIP_MAGIC, ZIP_MAGIC, is_zip_file
-from core.arriving import ArrivingWriter
-from core.broker.queue import QueueUnavailableError
-from core.ingest import ARCHIVE_NAME
-from core.jobs import (
-    JobFinishedError,
-    cancel_job,
-    create_job,
-    discard_job,
-    get_job,
-    list_jobs,
-    rejected_page,
-    resolve_import_folder,
-    save_uploaded_images,
-)
-from core.models import DICOM_COLUMNS, FINISHED_STATUSES, Job, JobStatus, SourceKind, utcnow
+from core.jobs import cancel_job, get_job, list_jobs, rejected_page
+from core.models import DICOM_COLUMNS, Job
 from core.results import iter_results, results_page
+from core.storage import ARCHIVE_NAME
+from core.submission import (
+    JobStoppedDuringUploadError,
+    submit_archive,
+    submit_files,
+    submit_folder,
+    submit_raw_zip,
+)
 
-log = logging.getLogger(__name__)
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1", tag="Jobs")
-# A raw zip upload is judged fast enough to expand while it arrives after this many bytes.
-EARLY_INGEST_AFTER = 16 * 1024 * 1024
 
 RESULTS_RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
     200: {
@@ -118,105 +106,54 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 def _submit(context: ApiContext) -> tuple[dict[str, Any], int, dict[str, str]]:
-    job_id = uuid4().hex
+    job_id, owner = uuid4().hex, caller().name
+    db, storage, enqueue = context.db, context.storage, context.queue.ingest
     if request.mimetype == "application/zip":
-        job = _submit_raw_archive(context, job_id)
+        job = _submit_raw_zip(context, job_id)
+    elif request.mimetype == "application/json":
+        data = _load(FolderJobIn(), request.get_json(silent=False))
+        open_to = caller().owner_filter
+        job = submit_folder(db, enqueue, context.settings, data["folder"], owner, open_to, job_id)
+    elif request.mimetype == "multipart/form-data":
+        data = _load(UploadJobIn(), _multipart_parts())
+        if archive := data.get("archive"):
+            name = archive.filename or ARCHIVE_NAME
+            store = partial(persist, archive)
+            job = submit_archive(db, storage, enqueue, store, name, owner, job_id)
+        else:
+            files = ((f.filename or "", f.stream) for f in data["images"])
+            job = submit_files(db, storage, enqueue, files, owner, job_id)
     else:
-        try:
-            kind, source_name = _store_source(context, job_id)
-        except BaseException:
-            context.storage.remove_job(job_id)
-            raise
-        job = _create_and_enqueue(context, job_id, kind, source_name)
+        raise api_error(
+            415,
+            'send JSON {"folder": ...}, a zip as application/zip, '
+            "or multipart/form-data with `archive` or `images`",
+        )
     return _job_out(job), 202, {"Location": url_for("jobs.get_job_status", job_id=job_id)}
 
 
-def _create_and_enqueue(context: ApiContext, job_id: str, kind: SourceKind, source: str) -> Job:
-    try:
-        with context.db.session() as session:
-            job = create_job(session, kind, source, job_id, owner=caller().name)
-    except BaseException:
-        context.storage.remove_job(job_id)
-        raise
-    # Only once the job row is committed may a worker look for it.
-    _enqueue_ingest(context, job)
-    return job
-
-
-def _submit_raw_archive(context: ApiContext, job_id: str) -> Job:
-    """A zip sent as the whole body: the fastest way in (no multipart parsing). When it arrives
-    fast, the job is queued while it arrives and ingest reads it as it comes (core/arriving.py);
-    a failed upload leaves no job behind either way."""
-    first = _first_zip_chunk()
+def _submit_raw_zip(context: ApiContext, job_id: str) -> Job:
+    """A zip sent as the whole body (no multipart parsing); its job may be queued while it
+    still arrives (core/submission.py)."""
     _, options = parse_options_header(request.headers.get("Content-Disposition", ""))
-    name = options.get("filename") or ARCHIVE_NAME
-    early_rate = context.settings.early_ingest_mb_per_s * 1024 * 1024
-    job: Job | None = None
-    archive = context.storage.job_dir(job_id) / ARCHIVE_NAME
     try:
-        with ArrivingWriter(archive) as upload:
-            upload.write(first)
-            started = last_look = time.monotonic()
-            while chunk := request.stream.read(CHUNK):
-                upload.write(chunk)
-                if job is None and _arrives_fast(upload.size, started, early_rate):
-                    job = _create_and_enqueue(context, job_id, SourceKind.ARCHIVE, name)
-                elif job is not None and time.monotonic() - last_look > STOPPED_LOOK_SECONDS:
-                    last_look = time.monotonic()
-                    _raise_if_stopped(context, job_id)  # the part file goes with the exception
-            _check_complete(upload.size)
-        if job is not None:
-            _raise_if_stopped(context, job_id, archive)
-        return job or _create_and_enqueue(context, job_id, SourceKind.ARCHIVE, name)
-    except JobStoppedDuringUploadError as stopped:
-        _drain_body()  # so the client, still sending, reads the answer
-        raise stopped.answer() from None
-    except BaseException:
-        if job is not None and (stopped_job := _stopped(context, job_id)) is not None:
-            raise JobStoppedDuringUploadError(stopped_job).answer() from None  # ingest failed it
-        if job is not None:
-            with context.db.session() as session:
-                discard_job(session, job_id)
-        context.storage.remove_job(job_id)
-        raise
-
-
-# How often an upload whose job is already queued looks whether it was cancelled (or failed
-# by its ingest) meanwhile: then the rest of the body is not written, only read.
-STOPPED_LOOK_SECONDS = 1.0
-
-
-class JobStoppedDuringUploadError(Exception):
-    """The job of an upload still arriving was cancelled, or its ingest failed it."""
-
-    def __init__(self, job: Job) -> None:
-        super().__init__(job.id)
-        self.job_id, self.status, self.detail = job.id, job.status, job.status_detail
-
-    def answer(self) -> HTTPError:
-        message = (
-            f"job {self.job_id} was {self.status} while its upload arrived "
-            f"({self.detail}); what was scored of it is kept"
+        return submit_raw_zip(
+            context.db,
+            context.storage,
+            context.queue.ingest,
+            iter(partial(request.stream.read, CHUNK), b""),
+            request.content_length,
+            options.get("filename") or ARCHIVE_NAME,
+            caller().name,
+            job_id,
+            context.settings.early_ingest_mb_per_s * 1024 * 1024,
         )
-        error = api_error(409, message, JobFinishedError.code)
-        error.detail = {"job_id": self.job_id, "status": self.status}
-        return error
-
-
-def _stopped(context: ApiContext, job_id: str) -> Job | None:
-    with context.db.session() as session:
-        job = session.get(Job, job_id)
-        if job is None or job.status not in FINISHED_STATUSES:
-            return None
-        session.expunge(job)
-        return job
-
-
-def _raise_if_stopped(context: ApiContext, job_id: str, archive: Path | None = None) -> None:
-    if (job := _stopped(context, job_id)) is not None:
-        if archive is not None:  # complete already: its ingest ended, nobody else removes it
-            archive.unlink(missing_ok=True)
-        raise JobStoppedDuringUploadError(job)
+    except JobStoppedDuringUploadError as stopped:
+        if stopped.still_sending:
+            _drain_body()  # so the client, still sending, reads the answer
+        error = api_error(409, stopped.message, stopped.code)
+        error.detail = {"job_id": stopped.job_id, "status": stopped.status}
+        raise error from None
 
 
 def _drain_body() -> None:
@@ -224,70 +161,12 @@ def _drain_body() -> None:
         pass
 
 
-def _first_zip_chunk() -> bytes:
-    first: bytes = request.stream.read(CHUNK)
-    if not first:
-        raise api_error(400, "the body is empty", "invalid_upload")
-    if first[:4] not in (ZIP_MAGIC, EMPTY_ZIP_MAGIC):
-        raise api_error(400, "the body is not a zip file", "invalid_upload")
-    return first
-
-
-def _check_complete(received: int) -> None:
-    """gunicorn ends a body quietly when its client goes away: count what came."""
-    expected = request.content_length
-    if expected is not None and received != expected:
-        message = f"the upload ended after {received} of {expected} bytes"
-        raise api_error(400, message, "incomplete_upload")
-
-
-def _arrives_fast(size: int, started: float, rate: float) -> bool:
-    """Whether the upload so far came at `rate` bytes/s (0: never judged fast)."""
-    return bool(rate) and size >= EARLY_INGEST_AFTER and size >= rate * (time.monotonic() - started)
-
-
-def _store_source(context: ApiContext, job_id: str) -> tuple[SourceKind, str]:
-    if request.mimetype == "application/json":
-        data = _load(FolderJobIn(), request.get_json(silent=False))
-        settings = context.settings
-        folder = resolve_import_folder(
-            data["folder"],
-            settings.import_roots,
-            settings.import_root_owners,
-            caller().owner_filter,
-        )
-        return SourceKind.FOLDER, str(folder)
-    if request.mimetype == "multipart/form-data":
-        data = _load(
-            UploadJobIn(),
-            {
-                key: value
-                for key, value in (
-                    ("archive", request.files.get("archive")),
-                    ("images", request.files.getlist("images") or None),
-                )
-                if value is not None
-            },
-        )
-        if data.get("archive"):
-            return SourceKind.ARCHIVE, _store_archive(context, job_id, data["archive"])
-        count = save_uploaded_images(
-            context.storage, job_id, ((f.filename or "", f.stream) for f in data["images"])
-        )
-        return SourceKind.IMAGES, f"{count} uploaded files"
-    raise api_error(
-        415,
-        'send JSON {"folder": ...}, a zip as application/zip, '
-        "or multipart/form-data with `archive` or `images`",
+def _multipart_parts() -> dict[str, Any]:
+    parts = (
+        ("archive", request.files.get("archive")),
+        ("images", request.files.getlist("images") or None),
     )
-
-
-def _store_archive(context: ApiContext, job_id: str, upload: FileStorage) -> str:
-    target = context.storage.job_dir(job_id) / ARCHIVE_NAME
-    persist(upload, target)
-    if not is_zip_file(target):
-        raise api_error(400, "`archive` is not a zip file", "invalid_upload")
-    return upload.filename or ARCHIVE_NAME
+    return {key: value for key, value in parts if value is not None}
 
 
 def _load(schema: Any, data: Any) -> dict[str, Any]:
@@ -298,18 +177,6 @@ def _load(schema: Any, data: Any) -> dict[str, Any]:
         error = api_error(400, "Validation error", "validation_error")
         error.detail = {"body": exc.messages}
         raise error from exc
-
-
-def _enqueue_ingest(context: ApiContext, job: Job) -> None:
-    try:
-        context.queue.ingest(job.id)
-    except QueueUnavailableError:
-        with context.db.session() as session:
-            stored = get_job(session, job.id)
-            stored.status, stored.finished_at = JobStatus.FAILED, utcnow()
-            stored.status_detail = "the job queue is unavailable; nothing was scored, submit again"
-        context.storage.remove_job(job.id)
-        raise
 
 
 @bp.get("/jobs")

@@ -42,7 +42,7 @@ def build(size: int, members: int, views: int) -> Any:
 
 
 def seconds_per_image(network: Any, inputs: np.ndarray) -> float:
-    from core.inference import predict_padded
+    from worker.model_cache import predict_padded
 
     started = time.perf_counter()
     predict_padded(network, inputs, BATCH)
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--training", action="store_true")
     args = parser.parse_args()
-    from core.inference import configure_tensorflow
+    from worker.model_cache import configure_tensorflow
 
     configure_tensorflow(0, 0)
     rng = np.random.default_rng(0)

@@ -56,8 +56,8 @@ from common import (
 from cli.client import ApiClient
 from core.config import Settings, load_settings
 from core.imaging import load_model_input
-from core.inference import predict_padded
 from tests.support import rss_kb
+from worker.model_cache import predict_padded
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The worker's settings this bench passes on from its own environment, as in production.

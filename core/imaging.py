@@ -7,8 +7,11 @@ channels); any rescaling to the network's range is a layer inside the saved mode
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -158,6 +161,35 @@ def decode_for_model(
     `span`: the image is those bytes of `path` (a JPEG or PNG member of a kept upload).
     """
     return prepare(decode_image(path, fmt, size, max_pixels, span), size, recipe)
+
+
+class ImageSource(NamedTuple):
+    """Where an image's bytes are and what they are."""
+
+    path: Path
+    format: str
+    span: Span | None = None
+
+
+def decode_batch(
+    sources: Sequence[ImageSource],
+    size: int,
+    max_pixels: int,
+    recipe: Preprocessing,
+    pool: Executor,
+) -> list[np.ndarray | ImageDecodeError]:
+    """Model input for each source, decoded in parallel on `pool` (scoring and training alike);
+    a source that cannot be decoded is its error, in its place."""
+
+    def decode(source: ImageSource) -> np.ndarray | ImageDecodeError:
+        try:
+            return decode_for_model(
+                source.path, source.format, size, max_pixels, source.span, recipe
+            )
+        except ImageDecodeError as exc:
+            return exc
+
+    return list(pool.map(decode, sources))
 
 
 def decode_image(

@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from core import job_state
 from core.archive import (
     ArchiveBudget,
     ArchiveError,
@@ -37,18 +38,15 @@ from core.arriving import UploadStillArrivingError, iter_upload
 from core.config import Settings
 from core.db import Database
 from core.imaging import DICOM, sniff_file
-from core.jobs import MANIFEST, WAITING_FOR_MODEL
+from core.jobs import MANIFEST
 from core.kept import finish_kept_upload
 from core.models import (
     DICOM_COLUMNS,
-    FINISHED_STATUSES,
     BatchAttempt,
     Image,
     Job,
-    JobStatus,
     RejectedEntry,
     SourceKind,
-    utcnow,
 )
 from core.recovery import (
     IngestClaim,
@@ -58,7 +56,6 @@ from core.recovery import (
     release_ingest_claim,
 )
 from core.registry import active_version
-from core.results import complete_if_done
 from core.retention import keep_only_images
 from core.storage import STORAGE_FULL, Storage, sha256_of
 from core.text import is_encodable, storable, without_paths
@@ -111,9 +108,9 @@ def ingest_job(
         job = session.get(Job, job_id)
         if job is None:  # its upload failed (and took the job) while ingest waited elsewhere
             return IngestOutcome(job_id, 0, False)
-        if job.total is not None or job.status in FINISHED_STATUSES:
+        if job.total is not None or job_state.is_finished(job):
             # Already ingested (a redelivered message): scoring is released by the caller.
-            scoring = job.status == JobStatus.RUNNING and not job.waiting_for_model
+            scoring = job_state.is_scoring(job)
             done = IngestOutcome(job_id, job.total or 0, scoring)
             stopped_while_away = job.ingest_resume_at is not None
             claim = None
@@ -223,11 +220,7 @@ def _forget_partial_ingest(session: Session, job_id: str) -> None:
     session.execute(delete(BatchAttempt).where(BatchAttempt.job_id == job_id))
     session.execute(delete(RejectedEntry).where(RejectedEntry.job_id == job_id))
     session.execute(delete(Image).where(Image.job_id == job_id))
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(scored=0, errors=0, rejected=0, model_versions=[], status=JobStatus.QUEUED)
-    )
+    job_state.reset_for_reingest(session, job_id)
 
 
 class _Recorder:
@@ -294,13 +287,14 @@ class _Recorder:
             job = session.get(Job, self.job_id)
             if job is None:  # its submission failed while it was being read
                 return IngestOutcome(self.job_id, 0, False, released=True)
-            scoring = job.status == JobStatus.RUNNING and not job.waiting_for_model
-            return IngestOutcome(self.job_id, job.total or 0, scoring, released=True)
+            return IngestOutcome(
+                self.job_id, job.total or 0, job_state.is_scoring(job), released=True
+            )
 
     def _flush(self, final: bool) -> bool:
         with self.db.session() as session:
             job = session.get(Job, self.job_id, with_for_update=True)
-            if job is None or job.status in FINISHED_STATUSES:
+            if job is None or job_state.is_finished(job):
                 return False  # cancelled (or failed) while being ingested
             self._write(session, job)
             if final:
@@ -332,21 +326,19 @@ class _Recorder:
         if self.scoring is None:
             self.scoring = active_version(session) is not None
             if self.scoring:
-                job.status, job.started_at = JobStatus.RUNNING, job.started_at or utcnow()
+                job_state.start(job)
 
     def _close(self, session: Session, job: Job) -> None:
         total = session.scalar(select(func.count()).where(Image.job_id == self.job_id)) or 0
         job.total = total
         if total == 0:
-            job.status, job.finished_at = JobStatus.FAILED, utcnow()
-            job.status_detail = f"no scorable images found ({job.rejected} entries rejected)"
+            job_state.fail(job, f"no scorable images found ({job.rejected} entries rejected)")
             self.scoring = False
         elif not self.scoring:
-            job.status = JobStatus.QUEUED
-            job.waiting_for_model, job.status_detail = True, WAITING_FOR_MODEL
+            job_state.park(job)
         else:
-            session.flush()
-            complete_if_done(session, self.job_id)  # every batch may have finished already
+            session.flush()  # every batch may have finished already
+            job_state.complete_if_done(session, self.job_id)
 
     def _full_batches(self, session: Session, final: bool) -> list[list[int]]:
         ids = list(
@@ -499,9 +491,8 @@ def _fail(db: Database, storage: Storage, job_id: str, reason: str) -> IngestOut
     """End the job as failed with `reason`, once, and remove everything of its upload."""
     with db.session() as session:
         job = session.get(Job, job_id, with_for_update=True)
-        if job is not None and job.status not in FINISHED_STATUSES:
-            job.status, job.finished_at = JobStatus.FAILED, utcnow()
-            job.status_detail = storable(reason, 2000)
+        if job is not None and not job_state.is_finished(job):
+            job_state.fail(job, reason)
             job.total = job.total or 0
     storage.remove_job(job_id)
     return IngestOutcome(job_id, 0, False)

@@ -8,28 +8,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from core import job_state
 from core.archive import UnsafePathError, clean_relative_path
-from core.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
+from core.errors import ForbiddenError, InvalidInputError, NotFoundError
 from core.models import (
-    FINISHED_STATUSES,
     BatchAttempt,
     Image,
     Job,
-    JobStatus,
     RejectedEntry,
     SourceKind,
-    utcnow,
 )
 from core.recovery import batch_key
 from core.registry import active_version
 from core.storage import Storage
 
-WAITING_FOR_MODEL = (
-    "waiting for an active model: import one with `pneumoscan models import MODEL.keras --activate`"
-)
 MANIFEST = "manifest.json"
 
 
@@ -45,10 +40,6 @@ class InvalidUploadError(InvalidInputError):
     code = "invalid_upload"
 
 
-class JobFinishedError(ConflictError):
-    code = "job_finished"
-
-
 @dataclass(frozen=True)
 class Page:
     items: list
@@ -60,9 +51,7 @@ class Page:
 def create_job(
     session: Session, kind: SourceKind, source_name: str, job_id: str, owner: str | None = None
 ) -> Job:
-    job = Job(
-        id=job_id, source_kind=kind, source_name=source_name, status=JobStatus.QUEUED, owner=owner
-    )
+    job = job_state.new_job(job_id, kind, source_name, owner)
     session.add(job)
     session.flush()
     return job
@@ -112,12 +101,7 @@ def rejected_page(
 def cancel_job(session: Session, job_id: str, owner: str | None = None) -> Job:
     """Stop a job: batches not yet scored are skipped; what was scored stays."""
     job = get_job(session, job_id, owner, lock=True)
-    if job.status in FINISHED_STATUSES:
-        raise JobFinishedError(f"job {job_id} is already {job.status}")
-    job.status = JobStatus.CANCELLED
-    job.status_detail = "cancelled by request"
-    job.waiting_for_model = False
-    job.finished_at = utcnow()
+    job_state.cancel(job)
     return job
 
 
@@ -189,28 +173,6 @@ def claim_waiting_jobs(session: Session) -> list[str]:
     """Move jobs waiting for a model to running, once one is active; each job is claimed once."""
     if active_version(session) is None:
         return []
-    waiting = session.scalars(select(Job.id).where(Job.waiting_for_model.is_(True))).all()
-    claimed = []
-    for job_id in waiting:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.waiting_for_model.is_(True))
-            .values(
-                waiting_for_model=False,
-                status=JobStatus.RUNNING,
-                status_detail=None,
-                started_at=utcnow(),
-            )
-        )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            claimed.append(job_id)
-    return claimed
-
-
-def park_job_for_model(session: Session, job_id: str, detail: str = WAITING_FOR_MODEL) -> None:
-    """Put a job back to wait until a (usable) model is activated."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
-        .values(waiting_for_model=True, status=JobStatus.QUEUED, status_detail=detail)
-    )
+    return [
+        job_id for job_id in job_state.waiting_jobs(session) if job_state.release(session, job_id)
+    ]

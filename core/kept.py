@@ -22,8 +22,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core import job_state
 from core.db import Database
-from core.models import FINISHED_STATUSES, Image, Job, JobStatus
+from core.models import Image, Job
 from core.storage import Span, Storage
 
 KEPT_NAME = "upload.zip"
@@ -65,7 +66,7 @@ def kept_spans(session: Session, job_id: str) -> list[Span]:
     """Where the images of a recorded job lie in its kept upload (none for a job that was
     cancelled, failed or never recorded: its kept upload goes)."""
     job = session.get(Job, job_id)
-    if job is None or job.total is None or job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
+    if job is None or job_state.is_stopped(job) or job.total is None:
         return []
     rows = session.execute(
         select(Image.member_offset, Image.size_bytes).where(
@@ -100,6 +101,6 @@ def jobs_with_unfinished_kept_uploads(session: Session, storage: Storage) -> lis
     for marker in (storage.root / "uploads").glob(f"*/files/{PENDING_NAME}"):
         job_id = marker.parent.parent.name
         job = session.get(Job, job_id)
-        if job is None or job.total is not None or job.status in FINISHED_STATUSES:
+        if job is None or job.total is not None or job_state.is_finished(job):
             found.append(job_id)
     return found

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.arriving import PART_SUFFIX, held_by_writer
+from core.job_state import UNFINISHED_STATUSES
 from core.models import BatchAttempt, Image, Job, JobStatus, utcnow
 from core.storage import Storage
 
@@ -60,11 +61,7 @@ def claim_ingest(session: Session, job_id: str, stale_after: timedelta) -> Inges
 
     Returns the claim, or None when another holds it (or the job needs no ingest)."""
     job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
-    if (
-        job is None
-        or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING)
-        or job.total is not None
-    ):
+    if job is None or job.status not in UNFINISHED_STATUSES or job.total is not None:
         return None
     started = job.ingest_started_at
     if started is not None and started >= utcnow() - stale_after and job.ingest_resume_at is None:
@@ -106,7 +103,7 @@ def jobs_to_ingest_again(session: Session, stale_after: timedelta) -> list[str]:
     return list(
         session.scalars(
             select(Job.id).where(
-                Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+                Job.status.in_(UNFINISHED_STATUSES),
                 Job.total.is_(None),
                 Job.waiting_for_model.is_(False),
                 Job.created_at < cutoff,

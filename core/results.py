@@ -10,8 +10,9 @@ from typing import cast
 from sqlalchemy import Select, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
+from core import job_state
 from core.jobs import Page, get_job
-from core.models import DICOM_COLUMNS, Image, Job, JobStatus, Label, ModelVersion, utcnow
+from core.models import DICOM_COLUMNS, Image, Job, Label, ModelVersion, utcnow
 from core.storage import Span, span_of
 
 PNEUMONIA = "PNEUMONIA"
@@ -58,7 +59,7 @@ class ResultRow:
 def images_to_score(session: Session, job_id: str, image_ids: Sequence[int]) -> list[ImageToScore]:
     """The images of this batch that still need a result; none when the job was stopped."""
     job = session.get(Job, job_id)
-    if job is None or job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
+    if job_state.is_stopped(job):
         return []
     rows = session.execute(
         select(Image.id, Image.location, Image.format, Image.member_offset, Image.size_bytes)
@@ -90,7 +91,7 @@ def record_results(
     if new:
         _write_images(session, new, model)
         _advance_job(session, job_id, new, model.version)
-    complete_if_done(session, job_id)
+    job_state.complete_if_done(session, job_id)
     return len(new)
 
 
@@ -153,21 +154,6 @@ def _advance_job(
     job = session.get(Job, job_id, populate_existing=True)
     if job is not None and version not in job.model_versions:
         job.model_versions = [*job.model_versions, version]
-
-
-def complete_if_done(session: Session, job_id: str) -> None:
-    """Mark the job completed when every image has a result (and ingest counted them all)."""
-    now = utcnow()
-    session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status == JobStatus.RUNNING,
-            Job.total.is_not(None),
-            Job.scored + Job.errors >= Job.total,
-        )
-        .values(status=JobStatus.COMPLETED, finished_at=now, updated_at=now, status_detail=None)
-    )
 
 
 def _results_query(job_id: str, study_uid: str | None = None) -> Select:

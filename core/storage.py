@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 HASH_CHUNK = 1024 * 1024
+KEPT_NAME = "upload.zip"
+PENDING_NAME = "upload.zip.unblanked"
 # A write to the storage volume failed for want of room: the volume's trouble, not the input's.
 STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+# A zip upload, as it arrives and as ingest reads it; also the source name of a nameless one.
+ARCHIVE_NAME = "archive.zip"
 
 
 class Span(NamedTuple):
@@ -25,17 +29,62 @@ class Span(NamedTuple):
 
 
 class Storage:
-    """Paths of uploads, expanded archives and model artifacts below one root."""
+    """Every path of uploads, expanded archives and model artifacts below one root.
+
+    ```
+    uploads/<job>/archive.zip          a zip upload (archive.zip.part while it arrives)
+    uploads/<job>/received/            files sent one by one, and their manifest
+    uploads/<job>/files/               the images ingest keeps, under generated names
+    uploads/<job>/files/upload.zip     a fast raw zip kept as it came (blanked at the end),
+                   upload.zip.unblanked  while it may still hold bytes that must go
+    uploads/.incoming/                 a multipart body while it arrives
+    upload-slots/                      the per-name upload cap's lock files
+    models/<version>/, models/.staging/
+    ```
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    @property
+    def uploads_dir(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Multipart bodies while they arrive, each held by its request's lock."""
+        return self.uploads_dir / ".incoming"
+
+    @property
+    def upload_slots_dir(self) -> Path:
+        return self.root / "upload-slots"
+
     def job_dir(self, job_id: str) -> Path:
-        return self.root / "uploads" / job_id
+        return self.uploads_dir / job_id
+
+    def job_archive(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / ARCHIVE_NAME
+
+    def received_dir(self, job_id: str) -> Path:
+        """Files uploaded one by one, under generated names, with their manifest."""
+        return self.job_dir(job_id) / "received"
 
     def job_files_dir(self, job_id: str) -> Path:
         """Where a job's images are written, under generated names (never the member names)."""
         return self.job_dir(job_id) / "files"
+
+    def kept_upload(self, job_id: str) -> Path:
+        """A fast raw zip whose stored images are read where they lie in it."""
+        return self.job_files_dir(job_id) / KEPT_NAME
+
+    def kept_upload_pending(self, job_id: str) -> Path:
+        """Present while the kept upload may still hold bytes that are not images."""
+        return self.job_files_dir(job_id) / PENDING_NAME
+
+    def jobs_with_pending_kept_uploads(self) -> list[str]:
+        return [
+            marker.parent.parent.name for marker in self.uploads_dir.glob(f"*/files/{PENDING_NAME}")
+        ]
 
     def model_dir(self, version: str) -> Path:
         return self.root / "models" / version

@@ -7,11 +7,13 @@ from typing import Any
 
 from api import create_app
 from core import registry
+from core.activation import activate_version
+from core.broker.queue import TaskQueue
 from core.config import Settings
 from core.db import Database
 from core.storage import Storage
 from tests.support import WorkerProcess, api_client, wait_for
-from worker.tasks import release_waiting_jobs
+from worker.celery_app import create_celery
 
 FINISHED = ("completed", "failed", "cancelled")
 
@@ -23,6 +25,9 @@ class Stack:
         self.app = create_app(settings)
         self.client = api_client(self.app)
         self.db = Database(settings.database_url)
+        self.queue = TaskQueue(settings)
+        # The workers' own app, to send the tasks no API call sends (beat's, a batch's).
+        self.celery = create_celery(settings)
         self.worker: WorkerProcess | None = None
 
     def start_worker(self) -> WorkerProcess:
@@ -34,13 +39,10 @@ class Stack:
             row = registry.import_model(
                 session, Storage(self.settings.storage_dir), path, preprocessing=preprocessing
             )
-            if activate:
-                registry.activate(session, row.version)
-            version = row.version
         if activate:
-            # What `pneumoscan models import --activate` does after its commit.
-            self.app.extensions["pneumoscan"].celery.tasks[release_waiting_jobs.name].delay()
-        return version
+            # What `pneumoscan models import --activate` does.
+            activate_version(self.db, row.version, self.queue.release_waiting_jobs)
+        return row.version
 
     def submit_zip(self, data: bytes, name: str = "study.zip") -> dict[str, Any]:
         import io

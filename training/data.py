@@ -21,9 +21,9 @@ import numpy as np
 from core.imaging import (
     DEFAULT_PREPROCESSING,
     JPEG,
-    ImageDecodeError,
+    ImageSource,
     Preprocessing,
-    decode_for_model,
+    decode_batch,
     sniff_file,
 )
 from core.storage import Span, sha256_of
@@ -145,18 +145,14 @@ def load_arrays(
     recipe: Preprocessing = DEFAULT_PREPROCESSING,
 ) -> tuple[Arrays, int]:
     """Decode with the scoring pipeline's own function; returns the arrays and how many failed."""
-
-    def decode(sample: Sample) -> np.ndarray | None:
-        try:
-            return decode_for_model(
-                sample.path, sample.format, size, max_pixels, sample.span, recipe
-            )
-        except ImageDecodeError:
-            return None
-
+    sources = [ImageSource(s.path, s.format, s.span) for s in samples]
     with ThreadPoolExecutor(threads) as pool:
-        decoded = list(pool.map(decode, samples))
-    kept = [(pixels, s) for pixels, s in zip(decoded, samples, strict=True) if pixels is not None]
+        decoded = decode_batch(sources, size, max_pixels, recipe, pool)
+    kept = [
+        (pixels, s)
+        for pixels, s in zip(decoded, samples, strict=True)
+        if isinstance(pixels, np.ndarray)
+    ]
     if not kept:
         empty = Arrays(
             np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.float32), np.array([])

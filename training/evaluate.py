@@ -8,14 +8,13 @@ from typing import Any
 import numpy as np
 
 from core.imaging import Preprocessing
-from core.inference import predict_padded
 from core.models import ModelVersion
-from core.registry import verified_artifact
 from core.storage import Storage
 from training.calibration import reliability
 from training.data import Arrays, Sample, load_arrays
 from training.stress import stressed_arrays
 from training.uncertainty import clean_intervals, stressed_intervals
+from worker.model_cache import load_network, predict_padded
 
 EVAL_BATCH = 64
 
@@ -175,9 +174,7 @@ def evaluate_stressed(
 
 
 def load_version(storage: Storage, version: ModelVersion) -> Any:
-    import keras
-
-    return keras.models.load_model(verified_artifact(storage, version), compile=False)
+    return load_network(storage, version, EVAL_BATCH)
 
 
 def evaluate_version(storage: Storage, version: ModelVersion, data: Arrays) -> dict[str, Any]:

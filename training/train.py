@@ -21,7 +21,6 @@ from core.activation import leave_to_the_sweep
 from core.config import Settings
 from core.db import Database
 from core.imaging import Preprocessing
-from core.inference import configure_tensorflow
 from core.labels import count_labels, labelled_images, newest_label_time
 from core.models import RunStatus
 from core.registry import MODEL_FILENAME, register_version
@@ -55,6 +54,7 @@ from training.gate import GateRules, promote_if_allowed
 from training.model import averaged, compile_model, make_model
 from training.plots import write_report
 from training.stress import mixed, stressed_arrays
+from worker.model_cache import configure_tensorflow
 
 log = logging.getLogger(__name__)
 

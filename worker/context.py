@@ -8,15 +8,12 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from core.config import Settings
 from core.db import Database
 from core.imaging import configure_pillow
 from core.storage import Storage
-
-if TYPE_CHECKING:
-    from worker.scoring import ActiveModelCache
+from worker.model_cache import ActiveModelCache
 
 
 class WorkerContext:
@@ -43,8 +40,6 @@ class WorkerContext:
     def models(self) -> ActiveModelCache:
         self._reset_after_fork()
         if self._models is None:
-            from worker.scoring import ActiveModelCache
-
             self._models = ActiveModelCache(self.settings, self.storage)
         return self._models
 

@@ -1,105 +1,28 @@
-"""Scoring a batch: the active model cached per process, parallel decoding, one forward pass.
-
-TensorFlow is imported here only inside functions, on first use in a worker child process:
-a model loaded before fork hangs the child, and loading in `worker_process_init` gets the
-child killed by Celery's start-up timeout.
-"""
+"""Scoring a batch: the active model (worker/model_cache.py), parallel decoding, one forward
+pass, results recorded; a batch that keeps killing its worker is taken apart."""
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from core.config import Settings
-from core.imaging import ImageDecodeError, Preprocessing, decode_for_model
-from core.inference import configure_tensorflow, predict_padded
-from core.jobs import park_job_for_model
+from core.imaging import ImageSource, decode_batch
+from core.job_state import park_for_model
 from core.models import ModelVersion
 from core.recovery import count_attempt, forget_attempts
-from core.registry import ArtifactIntegrityError, active_version, verified_artifact
+from core.registry import active_version
 from core.results import ImageResult, ImageToScore, images_to_score, record_results
 from core.storage import Storage
 from core.text import storable, without_paths
 from worker.context import WorkerContext
+from worker.model_cache import LoadedModel, ModelLoadError, predict_padded
 
 log = logging.getLogger(__name__)
-
-
-class ModelLoadError(RuntimeError):
-    """The active model is not a usable classifier."""
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    version: str
-    version_id: int
-    input_size: int
-    network: Any  # a keras.Model, safe for concurrent inference once traced
-    preprocessing: Preprocessing  # the input the version was trained on
-
-
-class ActiveModelCache:
-    """Holds the one model this process scores with; swaps it when the active version changes."""
-
-    def __init__(self, settings: Settings, storage: Storage) -> None:
-        self.settings = settings
-        self.storage = storage
-        self._lock = threading.Lock()
-        self._loaded: LoadedModel | None = None
-        self.loads = 0
-
-    def get(self, version: ModelVersion) -> LoadedModel:
-        with self._lock:
-            if self._loaded is None or self._loaded.version_id != version.id:
-                # Load the new model first, then drop the old one.
-                self._loaded = self._load(version)
-            return self._loaded
-
-    def _load(self, version: ModelVersion) -> LoadedModel:
-        log.info("loading model version %s", version.version)
-        started = time.monotonic()
-        try:
-            path = verified_artifact(self.storage, version)
-        except ArtifactIntegrityError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        keras = _import_keras(self.settings)
-        try:
-            network = keras.models.load_model(path, compile=False)
-        except Exception as exc:  # whatever Keras raises, the version cannot serve
-            raise ModelLoadError(f"model version {version.version} does not load: {exc}") from exc
-        _check_classifier(network, version)
-        # Trace the one batch shape now, under the lock: concurrent first calls (threads pool)
-        # would race to build the predict function, and the first batch would wait for it.
-        size = version.input_size
-        predict_padded(network, np.zeros((1, size, size, 3), np.float32), self.settings.batch_size)
-        self.loads += 1
-        log.info("loaded model version %s in %.1f s", version.version, time.monotonic() - started)
-        recipe = Preprocessing.parse(version.preprocessing)
-        return LoadedModel(version.version, version.id, version.input_size, network, recipe)
-
-
-def _import_keras(settings: Settings) -> Any:
-    configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
-    import keras
-
-    return keras
-
-
-def _check_classifier(network: Any, version: ModelVersion) -> None:
-    expected_in = (None, version.input_size, version.input_size, 3)
-    if tuple(network.input_shape) != expected_in or tuple(network.output_shape) != (None, 1):
-        raise ModelLoadError(
-            f"model version {version.version} maps {network.input_shape} to "
-            f"{network.output_shape}; expected {expected_in} to (None, 1)"
-        )
 
 
 MAX_ERROR_LENGTH = 2000
@@ -112,7 +35,7 @@ def score_images(context: WorkerContext, job_id: str, image_ids: Sequence[int]) 
         todo = images_to_score(session, job_id, image_ids)
         model = active_version(session) if todo else None
         if todo and model is None:
-            park_job_for_model(session, job_id)
+            park_for_model(session, job_id)
         # Committed before the work starts, so a start that kills the worker still counts.
         attempt = count_attempt(session, job_id, image_ids) if todo and model else 0
     if not todo or model is None:
@@ -172,7 +95,7 @@ def _load_or_park(context: WorkerContext, job_id: str, model: ModelVersion) -> L
     except ModelLoadError as exc:
         log.error("job %s parked: %s", job_id, exc)
         with context.db.session() as session:
-            park_job_for_model(
+            park_for_model(
                 session,
                 job_id,
                 f"the active model cannot be used ({exc}); activate another version",
@@ -243,32 +166,25 @@ def predict_images(
     settings: Settings,
 ) -> list[ImageResult]:
     """Decode in parallel, run the forward pass; an unreadable image becomes an error result."""
-    size = loaded.input_size
-
-    def decode(image: ImageToScore) -> np.ndarray | str:
-        try:
-            return decode_for_model(
-                storage.resolve(image.location),
-                image.format,
-                size,
-                settings.max_image_pixels,
-                image.span,
-                loaded.preprocessing,
-            )
-        except ImageDecodeError as exc:  # shown to the client: no path of the server's
-            return storable(without_paths(str(exc), storage.root), MAX_ERROR_LENGTH)
-
-    decoded = list(pool.map(decode, images))
-    ok = [i for i, item in enumerate(decoded) if isinstance(item, np.ndarray)]
+    sources = [ImageSource(storage.resolve(i.location), i.format, i.span) for i in images]
+    decoded = decode_batch(
+        sources, loaded.input_size, settings.max_image_pixels, loaded.preprocessing, pool
+    )
+    ok = {i: item for i, item in enumerate(decoded) if isinstance(item, np.ndarray)}
     probabilities: dict[int, float] = {}
     if ok:
-        stacked = np.stack([decoded[i] for i in ok]).astype(np.float32)
+        stacked = np.stack(list(ok.values())).astype(np.float32)
         predicted = predict_padded(loaded.network, stacked, settings.batch_size)
         for index, probability in zip(ok, predicted, strict=True):
             probabilities[index] = float(probability)
     return [
         ImageResult(image.image_id, probabilities[i], None)
         if i in probabilities
-        else ImageResult(image.image_id, None, str(decoded[i]))
+        else ImageResult(image.image_id, None, _shown(decoded[i], storage))
         for i, image in enumerate(images)
     ]
+
+
+def _shown(error: object, storage: Storage) -> str:
+    """An image's decode error as the client sees it: no path of the server's."""
+    return storable(without_paths(str(error), storage.root), MAX_ERROR_LENGTH)

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.models.base import Base, BigId, UTCDateTime, utcnow
+from core.models.base import Base, BigId, StrEnumText, UTCDateTime, utcnow
 
 
 class JobStatus(enum.StrEnum):
@@ -47,11 +47,14 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: uuid4().hex)
-    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
+    # Changed only through core/job_state.py, the job's lifecycle.
+    status: Mapped[JobStatus] = mapped_column(
+        StrEnumText(JobStatus), default=JobStatus.QUEUED, index=True
+    )
     status_detail: Mapped[str | None] = mapped_column(Text)
     # The API key name that submitted it; keys of that name see it, admins see every job.
     owner: Mapped[str | None] = mapped_column(String(200), index=True)
-    source_kind: Mapped[str] = mapped_column(String(16))
+    source_kind: Mapped[SourceKind] = mapped_column(StrEnumText(SourceKind))
     source_name: Mapped[str] = mapped_column(Text)
     # None until ingest has counted the images.
     total: Mapped[int | None] = mapped_column(Integer)

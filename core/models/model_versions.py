@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.models.base import Base, UTCDateTime, utcnow
+from core.models.base import Base, StrEnumText, UTCDateTime, utcnow
 
 
 class ModelStatus(enum.StrEnum):
@@ -33,7 +33,9 @@ class ModelVersion(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     version: Mapped[str] = mapped_column(String(64), unique=True)
-    status: Mapped[str] = mapped_column(String(16), default=ModelStatus.CANDIDATE)
+    status: Mapped[ModelStatus] = mapped_column(
+        StrEnumText(ModelStatus), default=ModelStatus.CANDIDATE
+    )
     architecture: Mapped[str | None] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(16))
     # Relative to the storage directory.

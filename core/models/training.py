@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.models.base import Base, BigId, UTCDateTime, utcnow
+from core.models.base import Base, BigId, StrEnumText, UTCDateTime, utcnow
 
 
 class RunStatus(enum.StrEnum):
@@ -24,7 +24,9 @@ class TrainingRun(Base):
     __tablename__ = "training_runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED, index=True)
+    status: Mapped[RunStatus] = mapped_column(
+        StrEnumText(RunStatus), default=RunStatus.QUEUED, index=True
+    )
     # True while queued or running, NULL afterwards: the unique constraint lets one run at a time.
     in_progress: Mapped[bool | None] = mapped_column(Boolean, unique=True)
     # One scheduled firing makes one row, however many schedulers fire.

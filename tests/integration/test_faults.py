@@ -121,7 +121,7 @@ def test_lost_scoring_messages_are_sent_again_by_the_sweep(
         wait_for(lambda: stack.job(job_id)["status"] == "running", 60, "the job to be ingested")
         stack.worker.stop()
         # Every scoring message vanishes, as with a broker that lost them.
-        with stack.app.extensions["pneumoscan"].celery.connection_for_write() as connection:
+        with stack.celery.connection_for_write() as connection:
             assert connection.default_channel.queue_purge("scoring") == 5
         beat = ServiceProcess(settings, tmp_path / "beat.log", "beat")
         try:

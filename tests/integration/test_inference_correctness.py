@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from core.imaging import load_model_input, preprocess
-from core.inference import predict_padded
+from worker.model_cache import predict_padded
 
 # Stated tolerances (docs/performance.md gives the figures measured with the trained model).
 MAX_MEAN_PIXEL_DIFFERENCE = 4.0  # of 255, per image

@@ -83,7 +83,7 @@ def test_redelivered_score_batch_does_not_duplicate_results(
     with stack.db.session() as session:
         image_ids = list(session.scalars(select(Image.id).where(Image.job_id == job_id)))
     # The same message again, as the broker would redeliver it after a lost acknowledgement.
-    stack.app.extensions["pneumoscan"].celery.tasks[score_batch.name].delay(job_id, image_ids)
+    stack.celery.tasks[score_batch.name].delay(job_id, image_ids)
     redelivered = f"job {job_id} batch of 5: nothing to score (already recorded"
     wait_for(lambda: redelivered in worker.log(), 60, "the redelivered batch")
     after = stack.job(job_id)

@@ -470,7 +470,7 @@ def test_beat_trigger_through_a_worker_trains_once_for_two_firings(
         stack.worker = WorkerProcess(
             stack.settings, tmp_path / "worker.log", queues="ingest,training"
         )
-        celery = stack.app.extensions["pneumoscan"].celery
+        celery = stack.celery
         from worker.tasks import schedule_retraining
 
         # The run's key is the minute the worker takes a firing in: fire early in a minute,
