@@ -1,6 +1,7 @@
 """Multipart uploads stream to disk next to their final place, and are linked there, not copied.
 
-(A zip sent as the raw body is written straight into its job's folder: core/arriving.py.)
+(A zip sent as the raw body is written straight into its job's folder:
+core/intake/growing_file.py.)
 Every multipart file is written, while it arrives, to a temporary file under
 `storage/uploads/.incoming/` that holds an `flock` for as long as its request lives: the
 sweep deletes only the temporary files nobody holds (their API process died).
@@ -36,7 +37,6 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from api.context import api_context
 from api.errors import api_error, render_error
-from core.recovery import INCOMING
 from core.storage import Storage
 
 CHUNK = 1024 * 1024
@@ -88,7 +88,7 @@ def init_app(app: APIFlask, idle_seconds: int) -> None:
 
 
 def incoming_dir(storage: Storage) -> Path:
-    incoming = storage.root / "uploads" / INCOMING
+    incoming = storage.incoming_dir
     incoming.mkdir(parents=True, exist_ok=True)
     return incoming
 
@@ -142,13 +142,12 @@ def persist(upload: FileStorage, target: Path) -> None:
 # as long as an upload's request lives, so the cap holds across API processes, and a process
 # that dies lets go of its slots with its locks. They are never removed (removing a lock file
 # another request has just opened would let two hold "the same" slot).
-SLOTS = "upload-slots"
 
 
 @contextlib.contextmanager
 def upload_slot(storage: Storage, owner: str, limit: int) -> Iterator[None]:
     """Hold one of `owner`'s `limit` upload slots while the body arrives, or answer 429."""
-    slots = storage.root / SLOTS
+    slots = storage.upload_slots_dir
     slots.mkdir(parents=True, exist_ok=True)
     stem = hashlib.sha256(owner.encode()).hexdigest()[:16]
     for index in range(limit):

@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 
-from core.archive import is_ignored, is_zip_file
+from core.intake.entries import is_ignored
+from core.intake.safe_archive import is_zip_file
 
 FINISHED = ("completed", "failed", "cancelled")
 

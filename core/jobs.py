@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from core import job_state
-from core.archive import UnsafePathError, clean_relative_path
-from core.errors import ForbiddenError, InvalidInputError, NotFoundError
+from core.attempts import batch_key
+from core.errors import ForbiddenError, NotFoundError
+from core.intake.entries import InvalidUploadError
 from core.models import (
     BatchAttempt,
     Image,
@@ -21,11 +20,7 @@ from core.models import (
     RejectedEntry,
     SourceKind,
 )
-from core.recovery import batch_key
 from core.registry import active_version
-from core.storage import Storage
-
-MANIFEST = "manifest.json"
 
 
 class JobNotFoundError(NotFoundError):
@@ -34,10 +29,6 @@ class JobNotFoundError(NotFoundError):
 
 class FolderNotAllowedError(ForbiddenError):
     code = "folder_not_allowed"
-
-
-class InvalidUploadError(InvalidInputError):
-    code = "invalid_upload"
 
 
 @dataclass(frozen=True)
@@ -125,29 +116,6 @@ def resolve_import_folder(
     if not resolved.is_dir():
         raise InvalidUploadError(f"{folder} is not a folder on the server")
     return resolved
-
-
-def save_uploaded_images(
-    storage: Storage, job_id: str, files: Iterable[tuple[str, BinaryIO]]
-) -> int:
-    """Write uploaded files under generated names plus a manifest of their relative paths."""
-    received = storage.job_dir(job_id) / "received"
-    received.mkdir(parents=True, exist_ok=True)
-    manifest = []
-    for index, (name, stream) in enumerate(files, start=1):
-        try:
-            relative = clean_relative_path(name)
-        except UnsafePathError as exc:
-            raise InvalidUploadError(f"file name {name!r} refused: {exc}") from exc
-        stored = f"{index:06d}"
-        with (received / stored).open("wb") as sink:
-            while chunk := stream.read(1024 * 1024):
-                sink.write(chunk)
-        manifest.append({"file": stored, "relative_path": relative})
-    if not manifest:
-        raise InvalidUploadError("no files in the upload")
-    (received / MANIFEST).write_text(json.dumps(manifest))
-    return len(manifest)
 
 
 def pending_image_batches(session: Session, job_id: str, batch_size: int) -> list[list[int]]:

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from core import job_state
-from core.archive import EMPTY_ZIP_MAGIC, ZIP_MAGIC, is_zip_file
-from core.arriving import ArrivingWriter
 from core.config import Settings
 from core.db import Database
 from core.errors import UnavailableError
-from core.jobs import InvalidUploadError, create_job, discard_job, get_job, resolve_import_folder
-from core.jobs import save_uploaded_images as save_files
+from core.intake.entries import InvalidUploadError
+from core.intake.growing_file import ArrivingWriter
+from core.intake.received import save_received_files
+from core.intake.safe_archive import EMPTY_ZIP_MAGIC, ZIP_MAGIC, is_zip_file
+from core.jobs import create_job, discard_job, get_job, resolve_import_folder
 from core.models import Job, SourceKind
 from core.storage import Storage
 
@@ -77,7 +78,7 @@ def submit_files(
     job_id: str,
 ) -> Job:
     """Files sent one by one, each with its relative path."""
-    count = _stored(storage, job_id, lambda: save_files(storage, job_id, files))
+    count = _stored(storage, job_id, lambda: save_received_files(storage, job_id, files))
     source = f"{count} uploaded files"
     return _record_and_enqueue(db, storage, enqueue, job_id, SourceKind.IMAGES, source, owner)
 

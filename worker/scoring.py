@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from core.attempts import count_attempt, forget_attempts
 from core.config import Settings
 from core.imaging import ImageSource, decode_batch
 from core.job_state import park_for_model
 from core.models import ModelVersion
-from core.recovery import count_attempt, forget_attempts
 from core.registry import active_version
 from core.results import ImageResult, ImageToScore, images_to_score, record_results
 from core.storage import Storage

@@ -13,10 +13,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from core import ingest
 from core.errors import DomainError
+from core.intake.kept_members import finish_kept_upload, jobs_with_unfinished_kept_uploads
 from core.jobs import claim_waiting_jobs, pending_image_batches
-from core.kept import finish_kept_upload, jobs_with_unfinished_kept_uploads
 from core.models import RunStatus, utcnow
-from core.recovery import jobs_to_ingest_again, jobs_to_score_again, remove_orphan_uploads
+from core.sweep import jobs_to_ingest_again, jobs_to_score_again, remove_orphan_uploads
 from core.training_runs import TrainingParams, request_scheduled_run
 from worker.celery_app import context_of
 from worker.context import WorkerContext

@@ -20,8 +20,8 @@ from core.config import Settings, load_settings
 from core.db import Database
 from core.migrate import upgrade
 from core.models import Image, Job
-from core.recovery import remove_orphan_uploads
 from core.storage import Storage
+from core.sweep import remove_orphan_uploads
 from tests import hostile
 from tests.images import jpeg_bytes
 from tests.proxy import TcpProxy

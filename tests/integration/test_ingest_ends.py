@@ -22,15 +22,15 @@ from pydicom.dataelem import DataElement
 from sqlalchemy import select, update
 
 from api import create_app
-from core.arriving import ArrivingWriter
 from core.config import Settings, load_settings
 from core.db import Database
-from core.ingest import ARCHIVE_NAME, ingest_job
+from core.ingest import ingest_job
+from core.intake.growing_file import ArrivingWriter
 from core.jobs import create_job
 from core.migrate import upgrade
 from core.models import Image, Job, RejectedEntry, SourceKind, utcnow
-from core.recovery import jobs_to_ingest_again
-from core.storage import Storage
+from core.storage import ARCHIVE_NAME, Storage
+from core.sweep import jobs_to_ingest_again
 from tests import hostile
 from tests.conftest import unavailable
 from tests.dicoms import chest_like, dataset, encode

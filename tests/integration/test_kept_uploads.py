@@ -6,15 +6,10 @@ from pathlib import Path
 
 from core.config import Settings
 from core.db import Database
+from core.intake.kept_members import blank_outside, jobs_with_unfinished_kept_uploads
 from core.jobs import create_job
-from core.kept import (
-    KEPT_NAME,
-    PENDING_NAME,
-    blank_outside,
-    jobs_with_unfinished_kept_uploads,
-)
 from core.models import Image, JobStatus, SourceKind
-from core.storage import Span, Storage
+from core.storage import KEPT_NAME, PENDING_NAME, Span, Storage
 from tests.support import ServiceProcess, WorkerProcess, wait_for
 
 

@@ -6,11 +6,11 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from core import registry
+from core.attempts import count_attempt
 from core.config import Settings
 from core.db import Database
 from core.jobs import create_job, pending_image_batches
 from core.models import Image, Job, JobStatus, ModelVersion, SourceKind
-from core.recovery import count_attempt
 from core.results import ImageResult, record_results
 from core.storage import Storage
 

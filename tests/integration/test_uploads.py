@@ -15,13 +15,12 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from core.arriving import held_by_writer
 from core.config import Settings
 from core.db import Database
-from core.kept import KEPT_NAME, PENDING_NAME
+from core.intake.growing_file import writer_holds
 from core.keys import create_key
 from core.models import Image, Job
-from core.storage import Span
+from core.storage import KEPT_NAME, PENDING_NAME, Span
 from tests.dicoms import BIRTH_DATE, PATIENT_NAME, chest_like, dataset, encode
 from tests.images import gradient, jpeg_bytes, png_bytes
 from tests.stack import Stack
@@ -589,7 +588,7 @@ def test_one_key_name_has_at_most_its_share_of_uploads_arriving(
     sender.start()
     assert held.wait(30)
     slots = settings.storage_dir / "upload-slots"
-    wait_for(lambda: any(map(held_by_writer, slots.glob("*"))), 30, "the first upload's slot")
+    wait_for(lambda: any(map(writer_holds, slots.glob("*"))), 30, "the first upload's slot")
     refused = post(key)
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["code"] == "too_many_uploads"

@@ -10,15 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core.archive import (
-    ArchiveError,
-    ArchiveLimits,
-    UnsafePathError,
-    clean_relative_path,
-    collect_folder,
-    expand_archive,
-)
+from core.intake.entries import ArchiveError, ArchiveLimits, UnsafePathError, clean_relative_path
 from core.storage import sha256_of
+from tests.expansion import collect_folder, expand_archive
 from tests.images import jpeg_bytes, png_bytes
 from tests.support import zip_bytes
 

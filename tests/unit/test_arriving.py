@@ -18,18 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from core.archive import ArchiveError, ArchiveLimits, Candidate, Entry, iter_archive
-from core.arriving import (
-    ArrivingWriter,
-    UploadInterruptedError,
-    UploadStillArrivingError,
-    iter_upload,
-    part_path,
-)
 from core.config import Settings
 from core.db import Database
-from core.recovery import remove_orphan_uploads
+from core.intake.entries import ArchiveError, ArchiveLimits, Candidate, Entry
+from core.intake.growing_file import ArrivingWriter, UploadInterruptedError, part_path
+from core.intake.safe_archive import iter_archive
+from core.intake.streaming_zip import UploadStillArrivingError, iter_upload
 from core.storage import Storage, sha256_of
+from core.sweep import remove_orphan_uploads
 from tests import hostile
 from tests.images import jpeg_bytes, png_bytes
 
@@ -218,7 +214,7 @@ def test_an_upload_that_fails_midway_is_reported_as_interrupted(tmp_path: Path) 
 WRITER = """
 import sys, time
 from pathlib import Path
-from core.arriving import ArrivingWriter
+from core.intake.growing_file import ArrivingWriter
 upload = ArrivingWriter(Path(sys.argv[1]))
 upload.write(sys.stdin.buffer.read())
 print("written", flush=True)

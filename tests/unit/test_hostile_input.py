@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.archive import ArchiveError, ArchiveLimits, Expansion, expand_archive
 from core.imaging import ImageDecodeError, load_model_input
+from core.intake.entries import ArchiveError, ArchiveLimits
 from tests import hostile
+from tests.expansion import Expansion, expand_archive
 
 LIMITS = ArchiveLimits(max_members=1000, max_total_bytes=200 * 1024 * 1024, max_ratio=200)
 MAX_PIXELS = 89_478_485

@@ -1,27 +1,20 @@
-"""Recovery after crashes and lost messages; the periodic sweep calls these.
-
-Every scoring step is idempotent, so the safe answer to "was this message lost?" is to
-send the work again once nothing has moved for a while.
-"""
+"""How often work was started: a batch's starts (a batch that keeps killing its worker is
+taken apart), and the one claim on a job's ingest (how many times it was taken, whether it
+went stale, where an ingest that gave way goes on from)."""
 
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.arriving import PART_SUFFIX, held_by_writer
 from core.job_state import UNFINISHED_STATUSES
-from core.models import BatchAttempt, Image, Job, JobStatus, utcnow
-from core.storage import Storage
-
-INCOMING = ".incoming"
+from core.models import BatchAttempt, Job, utcnow
 
 
 def batch_key(job_id: str, image_ids: Sequence[int]) -> str:
@@ -95,56 +88,3 @@ def defer_ingest(session: Session, job_id: str, resume_at: int) -> None:
 def refresh_ingest_claim(session: Session, job_id: str) -> None:
     """A live ingest waiting for its upload keeps its claim: the sweep leaves it alone."""
     session.execute(update(Job).where(Job.id == job_id).values(ingest_started_at=utcnow()))
-
-
-def jobs_to_ingest_again(session: Session, stale_after: timedelta) -> list[str]:
-    """Jobs whose ingest never started or never finished (a lost message, a dead worker)."""
-    cutoff = utcnow() - stale_after
-    return list(
-        session.scalars(
-            select(Job.id).where(
-                Job.status.in_(UNFINISHED_STATUSES),
-                Job.total.is_(None),
-                Job.waiting_for_model.is_(False),
-                Job.created_at < cutoff,
-                (Job.ingest_started_at.is_(None)) | (Job.ingest_started_at < cutoff),
-            )
-        )
-    )
-
-
-def jobs_to_score_again(session: Session, stale_after: timedelta) -> list[str]:
-    """Running jobs with unscored images and no progress for `stale_after`; marked as moved,
-    so the next sweep waits another `stale_after` before sending their batches again."""
-    cutoff = utcnow() - stale_after
-    pending = exists().where(Image.job_id == Job.id, Image.scored_at.is_(None))
-    stalled = list(
-        session.scalars(
-            select(Job.id).where(Job.status == JobStatus.RUNNING, Job.updated_at < cutoff, pending)
-        )
-    )
-    if stalled:
-        session.execute(update(Job).where(Job.id.in_(stalled)).values(updated_at=utcnow()))
-    return stalled
-
-
-def remove_orphan_uploads(session: Session, storage: Storage, older_than: timedelta) -> int:
-    """Uploads nobody will finish: temporary files no live request holds, and job folders
-    without a job row (the API died between storing and committing)."""
-    removed = 0
-    incoming = storage.root / "uploads" / INCOMING
-    for path in incoming.glob("upload-*") if incoming.is_dir() else []:
-        if not held_by_writer(path):
-            path.unlink(missing_ok=True)
-            removed += 1
-    cutoff = (utcnow() - older_than).timestamp()
-    uploads = storage.root / "uploads"
-    for folder in uploads.iterdir() if uploads.is_dir() else []:
-        if folder.name == INCOMING or folder.stat().st_mtime > cutoff:
-            continue
-        if any(held_by_writer(part) for part in folder.glob(f"*{PART_SUFFIX}")):
-            continue  # a raw zip still arriving: its job row is made once it is in
-        if session.get(Job, folder.name) is None:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed += 1
-    return removed

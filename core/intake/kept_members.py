@@ -1,7 +1,7 @@
 """Images read where they lie in their uploaded zip, and what is kept of that zip.
 
-A zip sent as the raw request body and read while it arrives (core/arriving.py) is linked
-into the job's files folder as `upload.zip` before its first member is read. Its stored
+A zip sent as the raw request body and read while it arrives (`streaming_zip`) is linked into
+the job's files folder as `upload.zip` before its first member is read. Its stored
 (uncompressed) JPEG and PNG members are then not copied out: their image rows point at the
 kept upload, at the member's offset (`Image.member_offset`, `size_bytes` long), and scoring
 and training read those bytes where they are. Every other member is extracted as from any zip.
@@ -25,10 +25,8 @@ from sqlalchemy.orm import Session
 from core import job_state
 from core.db import Database
 from core.models import Image, Job
-from core.storage import Span, Storage
+from core.storage import KEPT_NAME, PENDING_NAME, Span, Storage
 
-KEPT_NAME = "upload.zip"
-PENDING_NAME = "upload.zip.unblanked"  # the kept upload may still hold bytes it must not
 BLANK_CHUNK = 1024 * 1024
 
 
@@ -49,8 +47,7 @@ def keep_upload(link: Callable[[Path], None], files_dir: Path) -> Path | None:
 
 def finish_kept_upload(db: Database, storage: Storage, job_id: str) -> None:
     """Blank the kept upload of an ingest that has ended, or remove it; idempotent."""
-    files_dir = storage.job_files_dir(job_id)
-    pending, kept = files_dir / PENDING_NAME, files_dir / KEPT_NAME
+    pending, kept = storage.kept_upload_pending(job_id), storage.kept_upload(job_id)
     if not pending.exists():
         return
     with db.session() as session:
@@ -98,8 +95,7 @@ def jobs_with_unfinished_kept_uploads(session: Session, storage: Storage) -> lis
     """Jobs whose ingest ended (or whose row is gone) with their kept upload not blanked: an
     ingest that died after recording the job. Jobs still being ingested are left alone."""
     found = []
-    for marker in (storage.root / "uploads").glob(f"*/files/{PENDING_NAME}"):
-        job_id = marker.parent.parent.name
+    for job_id in storage.jobs_with_pending_kept_uploads():
         job = session.get(Job, job_id)
         if job is None or job.total is not None or job_state.is_finished(job):
             found.append(job_id)

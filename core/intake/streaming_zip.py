@@ -6,12 +6,12 @@ need not wait for that: each member of a zip is preceded by a local header givin
 method and sizes, so a member can be extracted as soon as its bytes are on disk and its
 scoring released while the rest of the upload arrives (`iter_upload`). The arriving file is
 kept (hard-linked into the job's files) and its stored JPEG and PNG members are read there,
-not copied out (`core/kept.py`).
+not copied out (`core/intake/kept_members.py`).
 
 A zip's authority is its central directory, at the very end. Once the upload is complete,
 every member read early must be listed there at its offset with the same name, method, CRC
 and sizes, and must not be something only the directory shows (a symbolic link); the
-directory's other entries are then extracted as `core.archive` extracts any zip. An archive
+directory's other entries are then extracted as `safe_archive` extracts any zip. An archive
 whose local headers and central directory disagree is refused whole: what was read early is
 not what the archive says it holds. Reading early stops at the first member whose local
 header cannot be trusted on its own (sizes in a trailing data descriptor, zip64 sizes,
@@ -25,51 +25,44 @@ from there. Ingest uses it to give its worker slot back while a slow upload arri
 
 from __future__ import annotations
 
-import fcntl
-import os
 import struct
-import time
 import zipfile
 import zlib
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from types import TracebackType
 
-from core.archive import (
-    COPY_CHUNK,
-    NOT_UTF8_NAME,
-    ZIP_MAGIC,
+from core.intake.entries import (
     ArchiveBudget,
     ArchiveError,
     ArchiveLimits,
     Entry,
     InPlace,
+    NameSource,
+)
+from core.intake.growing_file import ArrivingFile, StillWaitingError, part_path
+from core.intake.kept_members import keep_upload
+from core.intake.safe_archive import (
+    COPY_CHUNK,
+    NOT_UTF8_NAME,
+    ZIP_MAGIC,
     MemberReader,
     MemberRefusedError,
-    NameSource,
     iter_archive,
     iter_member,
     member_reader,
     member_refusal,
     open_zip,
 )
-from core.kept import keep_upload
 
-PART_SUFFIX = ".part"
-POLL_SECONDS = 0.05
 # signature, version, flags, method, time, date, CRC-32, compressed size, size, name and
 # extra field lengths: the 30 bytes before each member's name.
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+
+
 ENCRYPTED, DATA_DESCRIPTOR, UTF8_NAME = 0x1, 0x8, 0x800
+
+
 ZIP64_SIZE = 0xFFFFFFFF
-
-
-class UploadInterruptedError(ArchiveError):
-    """The upload stopped before its end: its client or the API process went away."""
-
-
-class _StillWaitingError(Exception):
-    """The reader waited its patience out for bytes that have not come."""
 
 
 class UploadStillArrivingError(Exception):
@@ -81,166 +74,6 @@ class UploadStillArrivingError(Exception):
     def __init__(self, resume_at: int) -> None:
         super().__init__(f"the upload is still arriving; reading goes on from byte {resume_at}")
         self.resume_at = resume_at
-
-
-def part_path(final: Path) -> Path:
-    return final.with_name(final.name + PART_SUFFIX)
-
-
-def held_by_writer(path: Path) -> bool:
-    """Whether a process holds the lock every upload takes while it is written (False for a
-    file that is not there)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(descriptor)
-
-
-class ArrivingWriter:
-    """The API's side: write the body to the part file, holding its lock, then rename it.
-
-    Leaving the `with` block by an exception removes the part file, so a reader sees the
-    writer gone without a complete file: the upload was interrupted.
-    """
-
-    def __init__(self, final: Path) -> None:
-        self.final = final
-        self.part = part_path(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # Unbuffered: every chunk is on disk (in the page cache) for the reader at once.
-        self._file = self.part.open("xb", buffering=0)
-        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
-        self.size = 0
-
-    def write(self, chunk: bytes) -> None:
-        self._file.write(chunk)
-        self.size += len(chunk)
-
-    def __enter__(self) -> ArrivingWriter:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        try:
-            if kind is None:
-                os.rename(self.part, self.final)  # complete: before the lock is let go
-            else:
-                self.part.unlink(missing_ok=True)
-        finally:
-            self._file.close()
-
-
-class ArrivingFile:
-    """The reader's side: a file another process is still writing, read as if it were whole.
-
-    A read waits for its bytes; the file ends once the writer has let go of its lock after
-    renaming it to its final name. A writer that let go without the rename (its request
-    failed, its process died) interrupted the upload.
-    """
-
-    def __init__(
-        self,
-        part: Path,
-        final: Path,
-        on_wait: Callable[[], None],
-        poll: float = POLL_SECONDS,
-        patience: float | None = None,
-    ) -> None:
-        self._file = part.open("rb", buffering=0)  # FileNotFoundError: already renamed
-        self.final = final
-        self.on_wait = on_wait
-        self.poll = poll
-        self.patience = patience  # seconds a read may wait for bytes (None: as long as it takes)
-        self.position = 0
-        self.complete = False
-        if self._writer_gone():
-            self._settle()  # a part file left by a writer that is already gone
-
-    def read(self, size: int) -> bytes:
-        """`size` bytes from the current position; fewer only at the end of the whole file."""
-        pieces = []
-        since = time.monotonic()
-        while size > 0:
-            piece = self._file.read(size)
-            if piece:
-                pieces.append(piece)
-                size -= len(piece)
-                self.position += len(piece)
-                since = time.monotonic()
-            elif self.complete:
-                break
-            else:
-                self._wait(since)
-        return b"".join(pieces)
-
-    def skip_to(self, offset: int) -> None:
-        since, seen = time.monotonic(), -1
-        while not self.complete and (size := os.fstat(self._file.fileno()).st_size) < offset:
-            if size != seen:
-                since, seen = time.monotonic(), size
-            self._wait(since)
-        self._file.seek(offset)
-        self.position = offset
-
-    def wait_until_complete(self) -> int:
-        """Wait for the last byte; returns the file's size."""
-        since, seen = time.monotonic(), -1
-        while not self.complete:
-            if (size := os.fstat(self._file.fileno()).st_size) != seen:
-                since, seen = time.monotonic(), size
-            self._wait(since)
-        return os.fstat(self._file.fileno()).st_size
-
-    def close(self) -> None:
-        self._file.close()
-
-    def link(self, target: Path) -> None:
-        """A hard link to the file being read, under whatever name it has now."""
-        # linkat(2) with AT_SYMLINK_FOLLOW on /proc/self/fd/N links the open file itself;
-        # os.link calls linkat only when given a directory descriptor.
-        fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.link(str(self._file.fileno()), target, src_dir_fd=fds, follow_symlinks=True)
-        finally:
-            os.close(fds)
-
-    def _wait(self, since: float) -> None:
-        """Wait a little for more bytes; `since`: when the last of them came."""
-        if self._writer_gone():
-            self._settle()  # bytes written just before the writer let go are read next
-            return
-        if self.patience is not None and time.monotonic() - since > self.patience:
-            raise _StillWaitingError
-        self.on_wait()
-        time.sleep(self.poll)
-
-    def _writer_gone(self) -> bool:
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-        return True
-
-    def _settle(self) -> None:
-        try:
-            renamed = os.path.samestat(os.fstat(self._file.fileno()), os.stat(self.final))
-        except FileNotFoundError:
-            renamed = False
-        if not renamed:
-            raise UploadInterruptedError(
-                "the upload stopped before its end (the connection or the API went away); "
-                "submit the archive again"
-            )
-        self.complete = True
 
 
 def iter_upload(
@@ -296,7 +129,7 @@ def _iter_arriving(
             source.skip_to(data_end)  # what a refused member left unread
             go_on_from = data_end
         source.wait_until_complete()
-    except _StillWaitingError:
+    except StillWaitingError:
         raise UploadStillArrivingError(go_on_from) from None
     budget.count_input(source.final)
     with open_zip(source.final) as bundle:

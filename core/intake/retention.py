@@ -14,9 +14,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from core.arriving import held_by_writer
 from core.db import Database
-from core.kept import PENDING_NAME
+from core.intake.growing_file import writer_holds
 from core.models import Image
 from core.storage import Storage
 
@@ -26,7 +25,7 @@ def keep_only_images(db: Database, storage: Storage, job_id: str) -> int:
     how many went. A kept upload still to be blanked, and a file a writer still holds (an
     upload still arriving for a job that was stopped), are left to their owners."""
     job_dir = storage.job_dir(job_id)
-    if not job_dir.is_dir() or (storage.job_files_dir(job_id) / PENDING_NAME).exists():
+    if not job_dir.is_dir() or storage.kept_upload_pending(job_id).exists():
         return 0  # nothing here, or finish_kept_upload must first decide about the kept upload
     with db.session() as session:
         locations = session.scalars(select(Image.location).where(Image.job_id == job_id))
@@ -35,7 +34,7 @@ def keep_only_images(db: Database, storage: Storage, job_id: str) -> int:
     for directory, _, files in os.walk(job_dir, topdown=False):
         for name in files:
             path = Path(directory) / name
-            if path not in kept and not held_by_writer(path):
+            if path not in kept and not writer_holds(path):
                 path.unlink(missing_ok=True)
                 removed += 1
         if directory != str(job_dir):
