@@ -9,7 +9,7 @@ from apiflask.fields import Boolean, DateTime, Dict, File, Float, Integer, List,
 from apiflask.validators import Length, OneOf, Range
 from marshmallow import ValidationError, validates_schema
 
-from core.config import AUGMENTATIONS, OPTIMIZERS
+from core.choices import ActivationPolicy, Architecture, Augmentation, Optimizer, values
 from core.models import JobStatus
 
 
@@ -148,14 +148,16 @@ class ErrorOut(Schema):
 
 
 class TrainingRunIn(Schema):
-    architecture = String(validate=OneOf(["inception_resnet_v2", "baseline_cnn"]))
+    architecture = String(validate=OneOf(values(Architecture)))
     epochs = Integer(validate=Range(min=1, max=500))
     batch_size = Integer(validate=Range(min=1, max=4096))
-    augment = String(validate=OneOf(list(AUGMENTATIONS)))
+    augment = String(validate=OneOf(values(Augmentation)))
     weights = String(validate=OneOf(["none", "imagenet"]))
-    activate = String(load_default="if-better", validate=OneOf(["if-better", "always", "never"]))
+    activate = String(
+        load_default=ActivationPolicy.IF_BETTER.value, validate=OneOf(values(ActivationPolicy))
+    )
     input_size = Integer(validate=Range(min=32, max=512))
-    optimizer = String(validate=OneOf(list(OPTIMIZERS)))
+    optimizer = String(validate=OneOf(values(Optimizer)))
     label_smoothing = Float(validate=Range(min=0, max=0.5, max_inclusive=False))
     preprocessing = String(
         validate=Length(max=64),

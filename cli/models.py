@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cli.context import CliContext, pass_cli
+from core.choices import Architecture, values
 from core.errors import DomainError
 
 
@@ -94,7 +95,7 @@ def models_list(cli: CliContext) -> None:
     "--architecture",
     default="inception_resnet_v2",
     show_default=True,
-    type=click.Choice(["inception_resnet_v2", "baseline_cnn"]),
+    type=click.Choice(values(Architecture)),
 )
 @click.option("--input-size", type=int, default=75, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)

@@ -59,6 +59,7 @@ def _first_admin_key(cli: CliContext) -> None:
 def _bootstrap_training(cli: CliContext) -> None:
     """First run: no active model but reference data configured, so train one now."""
     from core import registry
+    from core.choices import ActivationPolicy
     from core.training_runs import TrainingBusyError, TrainingParams, request_run, send_run
 
     settings = cli.settings
@@ -69,7 +70,7 @@ def _bootstrap_training(cli: CliContext) -> None:
             if registry.active_version(session) is not None:
                 return
             # With nothing to compare against and nothing serving, the first model goes live.
-            params = TrainingParams.from_settings(settings, activate="always")
+            params = TrainingParams.from_settings(settings, activate=ActivationPolicy.ALWAYS)
             run, _ = request_run(
                 session, params, "bootstrap", stale_after=settings.training_stale_after
             )

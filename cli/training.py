@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from cli.context import CliContext, pass_cli
-from core.config import AUGMENTATIONS, OPTIMIZERS
+from core.choices import ActivationPolicy, Architecture, Augmentation, Optimizer, values
 from core.errors import DomainError
 
 
@@ -19,13 +19,13 @@ from core.errors import DomainError
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Reference folder with NORMAL/ and PNEUMONIA/. Default: PNEUMOSCAN_DATA_DIR.",
 )
-@click.option("--architecture", type=click.Choice(["inception_resnet_v2", "baseline_cnn"]))
+@click.option("--architecture", type=click.Choice(values(Architecture)))
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
-@click.option("--augment", type=click.Choice(AUGMENTATIONS))
+@click.option("--augment", type=click.Choice(values(Augmentation)))
 @click.option("--weights", help="none, imagenet, or a weights file for the backbone.")
 @click.option("--input-size", type=int, help="Model input side in pixels.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS))
+@click.option("--optimizer", type=click.Choice(values(Optimizer)))
 @click.option("--label-smoothing", type=float)
 @click.option("--preprocessing", help="squash, equalize, trimN or trimN+equalize.")
 @click.option(
@@ -37,8 +37,8 @@ from core.errors import DomainError
 @click.option("--tta-views", type=int, help="Test-time views averaged inside the model (1-6).")
 @click.option(
     "--activate",
-    type=click.Choice(["if-better", "always", "never"]),
-    default="if-better",
+    type=click.Choice(values(ActivationPolicy)),
+    default=ActivationPolicy.IF_BETTER.value,
     show_default=True,
 )
 @pass_cli

@@ -12,16 +12,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-AUGMENTATIONS = (
-    "none",
-    "threshold",
-    "standard",
-    "robust",
-    "robust-resolution",
-    "acquisition",
-    "both",
-)
-OPTIMIZERS = ("sgd", "sgd-cosine", "adamw-cosine")
+from core.choices import Architecture, Augmentation, Optimizer
+
 # What PNEUMOSCAN_DEVICE=gpu changes, unless the setting is given (unmeasured: no GPU here).
 GPU_DEFAULTS: dict[str, object] = {
     "batch_size": 256,
@@ -144,7 +136,9 @@ class Settings(BaseSettings):
         description="A candidate may trail the active model's stressed specificity by this.",
     )
     retrain_cron: str = Field("0 2 * * *", description="When beat starts the nightly retraining.")
-    train_architecture: str = Field("inception_resnet_v2", description="Default architecture.")
+    train_architecture: Architecture = Field(
+        Architecture.INCEPTION_RESNET_V2, description="Default architecture."
+    )
     train_epochs: int = Field(40, ge=1, description="Default epochs of a training run.")
     max_training_labels: int = Field(
         20_000,
@@ -153,15 +147,16 @@ class Settings(BaseSettings):
         "counted as left out): at 75x75 the default holds about 340 MB of images.",
     )
     train_batch_size: int = Field(100, ge=1, description="Images per training step.")
-    train_augment: str = Field(
-        "acquisition",
+    train_augment: Augmentation = Field(
+        Augmentation.ACQUISITION,
         description="none, threshold (copy with pixels < 25 set to 0), standard, robust, "
         "robust-resolution, acquisition, or both.",
     )
     train_weights: str = Field("none", description="Backbone start: none, imagenet, or a file.")
     train_input_size: int = Field(75, ge=32, le=512, description="Model input side in pixels.")
-    train_optimizer: Literal["sgd", "sgd-cosine", "adamw-cosine"] = Field(
-        "sgd-cosine", description="The write-up's constant SGD, or a cosine-decayed SGD or AdamW."
+    train_optimizer: Optimizer = Field(
+        Optimizer.SGD_COSINE,
+        description="The write-up's constant SGD, or a cosine-decayed SGD or AdamW.",
     )
     train_label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Label smoothing.")
     train_preprocessing: str = Field(
@@ -237,13 +232,6 @@ class Settings(BaseSettings):
             crontab.from_string(value)
         except (ParseException, ValueError) as exc:
             raise ValueError(f"not a cron expression: {exc}") from exc
-        return value
-
-    @field_validator("train_augment")
-    @classmethod
-    def _known_augmentation(cls, value: str) -> str:
-        if value not in AUGMENTATIONS:
-            raise ValueError(f"choose one of {', '.join(AUGMENTATIONS)}")
         return value
 
     @field_validator("train_preprocessing")

@@ -11,7 +11,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.config import AUGMENTATIONS, OPTIMIZERS, Settings
+from core.choices import ActivationPolicy, Architecture, Augmentation, Optimizer, values
+from core.config import Settings
 from core.db import Database
 from core.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from core.imaging import Preprocessing
@@ -19,10 +20,17 @@ from core.jobs import Page
 from core.labels import newest_label_time
 from core.models import ModelVersion, RunStatus, TrainingRun, utcnow
 
-ACTIVATION_POLICIES = ("if-better", "always", "never")
 DEFAULT_STALE_AFTER = timedelta(hours=2)
-ARCHITECTURES = ("inception_resnet_v2", "baseline_cnn")
 DEFAULT_SEED = 20180222  # Kermany et al., Cell, published 22 February 2018
+
+
+# The parameters that name one of a fixed set of values.
+CHOICES = {
+    "architecture": Architecture,
+    "augment": Augmentation,
+    "activate": ActivationPolicy,
+    "optimizer": Optimizer,
+}
 
 
 class TrainingBusyError(ConflictError):
@@ -64,7 +72,7 @@ class TrainingParams:
             "epochs": settings.train_epochs,
             "batch_size": settings.train_batch_size,
             "augment": settings.train_augment,
-            "activate": "if-better",
+            "activate": ActivationPolicy.IF_BETTER,
             "weights": settings.train_weights,
             "input_size": settings.train_input_size,
             "optimizer": settings.train_optimizer,
@@ -82,16 +90,11 @@ class TrainingParams:
     def validate(self) -> None:
         if not self.data_dir:
             raise InvalidInputError("no reference data: set PNEUMOSCAN_DATA_DIR or pass --data")
-        if self.architecture not in ARCHITECTURES:
-            raise InvalidInputError(f"architecture must be one of {', '.join(ARCHITECTURES)}")
-        if self.augment not in AUGMENTATIONS:
-            raise InvalidInputError(f"augment must be one of {', '.join(AUGMENTATIONS)}")
-        if self.activate not in ACTIVATION_POLICIES:
-            raise InvalidInputError(f"activate must be one of {', '.join(ACTIVATION_POLICIES)}")
+        for name, choice in CHOICES.items():
+            if getattr(self, name) not in values(choice):
+                raise InvalidInputError(f"{name} must be one of {', '.join(values(choice))}")
         if self.epochs < 1 or self.batch_size < 1:
             raise InvalidInputError("epochs and batch size must be at least 1")
-        if self.optimizer not in OPTIMIZERS:
-            raise InvalidInputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         if not 32 <= self.input_size <= 512:
             raise InvalidInputError("input size must lie between 32 and 512 pixels")
         if not 0 <= self.label_smoothing < 0.5:

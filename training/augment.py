@@ -19,7 +19,7 @@
   `standard`'s zoom has. The stressed zoom 0.8 (a window of 125 %) stays beyond it.
 - `both`: `threshold` and `standard`.
 
-The names are `core.config.AUGMENTATIONS`, which the settings, the API and the CLI check.
+The names are `core.choices.Augmentation`, which the settings, the API and the CLI check.
 """
 
 from __future__ import annotations

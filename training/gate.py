@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.activation import activate_version, leave_to_the_sweep
+from core.choices import ActivationPolicy
 from core.db import Database
 from core.registry import active_version, prune_artifacts
 from core.storage import Storage
@@ -42,9 +43,9 @@ def gate_decision(
     """Pass when the clean holdout sensitivity holds and the candidate trails the active model
     by no more than the margins in clean AUROC, stressed mean AUROC and stressed specificity at
     its threshold. A candidate better on the clean holdout but worse under stress fails."""
-    if rules.policy == "never":
+    if rules.policy == ActivationPolicy.NEVER:
         return Decision(False, "activation not requested (--activate never)")
-    if rules.policy == "always":
+    if rules.policy == ActivationPolicy.ALWAYS:
         return Decision(True, "activated as requested (--activate always)")
     sensitivity, floor = candidate.get("sensitivity") or 0.0, rules.min_sensitivity
     if sensitivity < floor:
@@ -112,7 +113,11 @@ def promote_if_allowed(
     with db.session() as session:
         current = active_version(session)
     active_metrics = active_stressed = None
-    if current is not None and current.version != candidate and rules.policy == "if-better":
+    if (
+        current is not None
+        and current.version != candidate
+        and rules.policy == ActivationPolicy.IF_BETTER
+    ):
         active_metrics, active_stressed = measure_version(
             storage, current, holdout, threads, max_pixels, rules.min_sensitivity
         )

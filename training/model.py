@@ -14,9 +14,10 @@ import keras
 import numpy as np
 from keras import layers
 
-INCEPTION_RESNET_V2 = "inception_resnet_v2"
-BASELINE_CNN = "baseline_cnn"
-ARCHITECTURES = (INCEPTION_RESNET_V2, BASELINE_CNN)
+from core.choices import Architecture, Optimizer, values
+
+INCEPTION_RESNET_V2 = Architecture.INCEPTION_RESNET_V2.value
+BASELINE_CNN = Architecture.BASELINE_CNN.value
 DEFAULT_INPUT_SIZE = 75
 
 
@@ -32,7 +33,7 @@ def make_model(
         if weights is not None:
             raise ValueError("baseline_cnn has no pretrained weights")
         return make_baseline_cnn(input_size)
-    raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}")
+    raise ValueError(f"unknown architecture {architecture!r}; choose one of {values(Architecture)}")
 
 
 def make_inception_resnet_v2(
@@ -69,9 +70,6 @@ def make_baseline_cnn(input_size: int = DEFAULT_INPUT_SIZE) -> keras.Model:
     return keras.Model(inputs, outputs, name=BASELINE_CNN)
 
 
-OPTIMIZERS = ("sgd", "sgd-cosine", "adamw-cosine")
-
-
 def compile_model(
     model: keras.Model,
     optimizer: str = "sgd",
@@ -97,7 +95,7 @@ def make_optimizer(name: str, total_steps: int = 1, warmup_steps: int = 0) -> An
         return keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
     peak = {"sgd-cosine": 0.01, "adamw-cosine": 1e-3}.get(name)
     if peak is None:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {values(Optimizer)}")
     schedule = keras.optimizers.schedules.CosineDecay(
         peak / 10 if warmup_steps else peak,
         decay_steps=max(total_steps - warmup_steps, 1),

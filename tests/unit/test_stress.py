@@ -99,10 +99,10 @@ def test_noise_is_seeded_by_the_image_so_two_images_get_different_noise() -> Non
 
 
 def test_the_changes_training_has_seen_the_kind_of_are_named_changes() -> None:
-    from core.config import AUGMENTATIONS
+    from core.choices import Augmentation
     from training.stress import seen_kinds
 
-    for augment in AUGMENTATIONS:
+    for augment in Augmentation:
         assert seen_kinds(augment) <= set(CHANGES), augment
     assert seen_kinds("none") == frozenset()
     # The resolution jitter adds exactly the softening changes to what `robust` has seen.
