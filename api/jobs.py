@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
 from uuid import uuid4
 
 from apiflask import APIBlueprint, APIFlask
-from flask import Response, current_app, request, stream_with_context, url_for
+from flask import current_app, request, url_for
 from marshmallow import ValidationError
 from werkzeug.http import parse_options_header
 
@@ -24,16 +21,11 @@ from api.schemas import (
     JobOut,
     JobsPageOut,
     JobsQuery,
-    RejectedListOut,
-    RejectedQuery,
-    ResultsPageOut,
-    ResultsQuery,
     UploadJobIn,
 )
 from api.uploads import CHUNK, UPLOAD_TYPES, persist, upload_slot, watched_upload
-from core.jobs import cancel_job, get_job, list_jobs, rejected_page
-from core.models import DICOM_COLUMNS, Job
-from core.results import iter_results, results_page
+from core.jobs import cancel_job, get_job, list_jobs
+from core.models import Job
 from core.storage import ARCHIVE_NAME
 from core.submission import (
     JobStoppedDuringUploadError,
@@ -44,25 +36,6 @@ from core.submission import (
 )
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/v1", tag="Jobs")
-
-RESULTS_RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
-    200: {
-        "description": "A page of results, or all of them as CSV",
-        "content": {"text/csv": {"schema": {"type": "string"}}},
-    },
-    404: {"description": "No such job"},
-}
-CSV_COLUMNS = [
-    "id",
-    "path",
-    "probability",
-    "label",
-    "threshold",
-    "model_version",
-    "error",
-    "confirmed_label",
-    *DICOM_COLUMNS,
-]
 
 
 def init_app(app: APIFlask, bodies: RequestBodiesPlugin) -> None:
@@ -217,88 +190,6 @@ def cancel(job_id: str) -> dict[str, Any]:
         return _job_out(cancel_job(session, job_id, caller().owner_filter))
 
 
-@bp.get("/jobs/<job_id>/rejected")
-@bp.auth_required(auth, roles=READ)
-@bp.input(RejectedQuery, location="query")
-@bp.output(RejectedListOut)
-@bp.doc(responses={404: "No such job"})
-def rejected(job_id: str, query_data: dict[str, Any]) -> dict[str, Any]:
-    """A page of the entries of the upload that were not scored as images, with the reason."""
-    with api_context(current_app).db.session() as session:
-        page = rejected_page(
-            session, job_id, query_data["page"], query_data["per_page"], caller().owner_filter
-        )
-        return {
-            "items": [{"path": r.path, "reason": r.reason} for r in page.items],
-            "pagination": pagination(page),
-        }
-
-
-@bp.get("/jobs/<job_id>/results")
-@bp.auth_required(auth, roles=READ)
-@bp.input(ResultsQuery, location="query")
-@bp.output(ResultsPageOut)
-@bp.doc(responses=RESULTS_RESPONSES)
-def results(job_id: str, query_data: dict[str, Any]) -> Any:
-    """A page of results as JSON, or every result as CSV with `?format=csv`."""
-    context = api_context(current_app)
-    owner = caller().owner_filter
-    if query_data["format"] == "csv":
-        with context.db.session() as session:
-            get_job(session, job_id, owner)  # 404 before the streaming starts
-        return Response(
-            stream_with_context(_csv_lines(context, job_id, owner, query_data.get("study_uid"))),
-            mimetype="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="pneumoscan-{job_id}.csv"'},
-        )
-    with context.db.session() as session:
-        job = get_job(session, job_id, owner)
-        page = results_page(
-            session,
-            job_id,
-            query_data["page"],
-            query_data["per_page"],
-            owner,
-            query_data.get("study_uid"),
-        )
-        status = job.status
-    return {
-        "job_id": job_id,
-        "status": status,
-        "items": [vars(row) for row in page.items],
-        "pagination": pagination(page),
-    }
-
-
-def _csv_lines(
-    context: ApiContext, job_id: str, owner: str | None, study_uid: str | None
-) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
-    with context.db.session() as session:
-        for row in iter_results(session, job_id, owner, study_uid):
-            writer.writerow([csv_cell(getattr(row, column)) for column in CSV_COLUMNS])
-            if buffer.tell() > 64 * 1024:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-    yield buffer.getvalue()
-
-
-# A spreadsheet runs a cell that starts with one of these as a formula (OWASP: CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_cell(value: object) -> object:
-    """A value as a CSV cell: text that a spreadsheet would run as a formula stays text."""
-    if value is None:
-        return ""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
 def _job_out(job: Job) -> dict[str, Any]:
     versions = list(job.model_versions or [])
     return {
@@ -319,5 +210,5 @@ def _job_out(job: Job) -> dict[str, Any]:
         "updated_at": job.updated_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
-        "results_url": url_for("jobs.results", job_id=job.id),
+        "results_url": url_for("results.job_results", job_id=job.id),
     }

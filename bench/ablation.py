@@ -141,9 +141,10 @@ def posthoc(
     """A trained variant's model, changed after training, measured as training measures."""
     from core.training_runs import TrainingParams
     from training.batchnorm import recalibrate_batch_norm
+    from training.datasets import gather_datasets, load_splits
     from training.evaluate import load_version
     from training.model import averaged
-    from training.train import calibrate, gather_datasets, load_splits, measure
+    from training.train import calibrate, measure
 
     settings, db, storage = environment(data)
     found = [newest_version(db, variant) for variant in [name, *others]]

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from training.data import CLASSES, read_labelled_folder, split_by_patient
-from training.train import HOLDOUT_FRACTION
+from training.datasets import HOLDOUT_FRACTION
 
 
 def main() -> None:

@@ -156,9 +156,9 @@ def evaluate(
     from core import registry
     from core.storage import Storage
     from training.data import class_counts, read_labelled_folder
+    from training.datasets import patients_of_split
     from training.evaluate import evaluate_samples, load_version
     from training.stress import CHANGES
-    from training.train import patients_of_split
 
     settings = cli.settings
     try:

@@ -222,10 +222,10 @@ def decode_image(
 
 
 def _decode_dicom(path: Path, max_pixels: int) -> Image.Image:
-    from core import dicom  # pydicom is needed only where DICOM is decoded
+    from core import dicom, dicom_pixels  # pydicom is needed only where DICOM is decoded
 
     try:
-        return _to_grayscale(dicom.load_image(path, max_pixels))
+        return _to_grayscale(dicom_pixels.load_image(path, max_pixels))
     except dicom.DicomError as exc:
         raise ImageDecodeError(str(exc)) from exc
     except Exception as exc:  # a decoder bug on crafted bytes must not fail the whole batch

@@ -559,8 +559,8 @@ def test_evaluate_with_stress_prints_each_change_the_worst_and_the_full_size_ima
     settings: Settings, small_reference: Path, shared_data: Path, baseline_model: Path
 ) -> None:
     from training.data import read_labelled_folder
+    from training.datasets import patients_of_split
     from training.stress import CHANGES
-    from training.train import patients_of_split
 
     with Database(settings.database_url).session() as session:
         version = registry.import_model(
@@ -676,7 +676,7 @@ def test_a_label_contradicting_the_reference_is_kept_not_trained_on_and_labels_a
     from core.ingest import ingest_job
     from core.labels import set_label
     from core.models import Label, utcnow
-    from training.train import gather_datasets
+    from training.datasets import gather_datasets
 
     stack = training_stack(tmp_path, small_reference, max_training_labels=4)
     try:

@@ -12,7 +12,7 @@ from pydicom.dataelem import DataElement
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
-from core import dicom
+from core import dicom, dicom_pixels
 from core.imaging import DICOM, decode_for_model, sniff_file
 from tests.dicoms import (
     BASIC_PROFILE_OTHER,
@@ -57,7 +57,7 @@ def test_real_dx_with_file_meta_is_read_and_shown_upright(shared_data: Path) -> 
     assert info.study_uid
     assert info.sop_uid
     assert dicom.refusal(info, accept_any=False) is None  # no body part or view: not refused
-    assert mediastinum_brighter_than_lungs(np.asarray(dicom.load_image(path, 10**9)))
+    assert mediastinum_brighter_than_lungs(np.asarray(dicom_pixels.load_image(path, 10**9)))
 
 
 def test_real_acr_nema_monochrome1_cr_is_read_and_inverted(shared_data: Path) -> None:
@@ -66,7 +66,7 @@ def test_real_acr_nema_monochrome1_cr_is_read_and_inverted(shared_data: Path) ->
     assert sniff_file(path) == DICOM
     info = dicom.read_info(path)
     assert (info.modality, info.body_part, info.view_position) == ("CR", "CHEST", "PA")
-    pixels = np.asarray(dicom.load_image(path, 10**9))
+    pixels = np.asarray(dicom_pixels.load_image(path, 10**9))
     assert mediastinum_brighter_than_lungs(pixels)  # MONOCHROME1 was inverted
     model_input = decode_for_model(path, DICOM, 75, 10**9)
     assert model_input.shape == (75, 75, 3)
@@ -76,7 +76,7 @@ def test_real_acr_nema_monochrome1_cr_is_read_and_inverted(shared_data: Path) ->
 def test_every_bit_depth_becomes_full_range_8_bit(tmp_path: Path, bits: int) -> None:
     values = chest_like()
     pixels = np.asarray(
-        dicom.load_image(write(tmp_path, encode(dataset(values, bits=bits))), 10**9)
+        dicom_pixels.load_image(write(tmp_path, encode(dataset(values, bits=bits))), 10**9)
     )
     assert pixels.dtype == np.uint8
     assert pixels.min() == 0
@@ -88,8 +88,10 @@ def test_every_bit_depth_becomes_full_range_8_bit(tmp_path: Path, bits: int) -> 
 @pytest.mark.parametrize("bits", [8, 12, 16])
 def test_monochrome1_looks_like_its_monochrome2_twin(tmp_path: Path, bits: int) -> None:
     values = chest_like()
-    normal = dicom.load_image(write(tmp_path, encode(dataset(values, bits=bits)), "m2.dcm"), 10**9)
-    inverted = dicom.load_image(
+    normal = dicom_pixels.load_image(
+        write(tmp_path, encode(dataset(values, bits=bits)), "m2.dcm"), 10**9
+    )
+    inverted = dicom_pixels.load_image(
         write(tmp_path, encode(dataset(values, bits=bits, photometric="MONOCHROME1")), "m1.dcm"),
         10**9,
     )
@@ -102,7 +104,7 @@ def test_rescale_then_window_map_as_the_standard_says(tmp_path: Path) -> None:
     ds = dataset(
         stored, bits=12, RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=1000, WindowWidth=2001
     )
-    pixels = np.asarray(dicom.load_image(write(tmp_path, encode(ds)), 10**9))[0]
+    pixels = np.asarray(dicom_pixels.load_image(write(tmp_path, encode(ds)), 10**9))[0]
     assert pixels.tolist()[0] == 0  # -1000: below the window
     assert pixels.tolist()[1] == 0  # 0: the window's lower edge
     assert abs(int(pixels[2]) - 128) <= 1  # 1000: the centre
@@ -113,15 +115,15 @@ def test_the_first_of_several_windows_is_used(tmp_path: Path) -> None:
     values = chest_like()
     first = dataset(values, bits=12, WindowCenter=[1000, 3000], WindowWidth=[800, 200])
     alone = dataset(values, bits=12, WindowCenter=1000, WindowWidth=800)
-    a = np.asarray(dicom.load_image(write(tmp_path, encode(first), "a.dcm"), 10**9))
-    b = np.asarray(dicom.load_image(write(tmp_path, encode(alone), "b.dcm"), 10**9))
+    a = np.asarray(dicom_pixels.load_image(write(tmp_path, encode(first), "a.dcm"), 10**9))
+    b = np.asarray(dicom_pixels.load_image(write(tmp_path, encode(alone), "b.dcm"), 10**9))
     assert np.array_equal(a, b)
 
 
 def test_a_voi_lut_sequence_is_applied(tmp_path: Path) -> None:
     stored = np.array([[0, 1000, 1500, 2000, 4095]], dtype=float) / 4095
     ds = dataset(stored, bits=12, VOILUTSequence=voi_lut(entries=1001, first=1000))
-    pixels = np.asarray(dicom.load_image(write(tmp_path, encode(ds)), 10**9))[0]
+    pixels = np.asarray(dicom_pixels.load_image(write(tmp_path, encode(ds)), 10**9))[0]
     assert pixels[0] == 0
     assert pixels[1] == 0
     assert abs(int(pixels[2]) - 127) <= 1
@@ -134,12 +136,14 @@ def test_compressed_syntaxes_decode_like_the_uncompressed_object(
     tmp_path: Path, syntax: UID
 ) -> None:
     values = chest_like()
-    plain = dicom.load_image(write(tmp_path, encode(dataset(values, bits=12)), "plain.dcm"), 10**9)
+    plain = dicom_pixels.load_image(
+        write(tmp_path, encode(dataset(values, bits=12)), "plain.dcm"), 10**9
+    )
     compressed = dataset(values, bits=12)
     compressed.compress(syntax)
     path = write(tmp_path, encode(compressed), "compressed.dcm")
     assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
-    assert np.array_equal(np.asarray(dicom.load_image(path, 10**9)), np.asarray(plain))
+    assert np.array_equal(np.asarray(dicom_pixels.load_image(path, 10**9)), np.asarray(plain))
 
 
 def test_an_undecodable_syntax_is_an_error_naming_it(tmp_path: Path) -> None:
@@ -147,7 +151,7 @@ def test_an_undecodable_syntax_is_an_error_naming_it(tmp_path: Path) -> None:
     ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG2 video
     ds.PixelData = encapsulate([b"\x00\x00\x01\xb3 not really mpeg"])
     with pytest.raises(dicom.DicomError, match="cannot decode transfer syntax MPEG2"):
-        dicom.load_image(write(tmp_path, encode(ds)), 10**9)
+        dicom_pixels.load_image(write(tmp_path, encode(ds)), 10**9)
 
 
 @pytest.mark.parametrize(
@@ -225,7 +229,7 @@ def test_a_nul_in_a_header_value_is_not_carried_into_what_is_stored(tmp_path: Pa
 def test_a_truncated_object_is_an_error(tmp_path: Path) -> None:
     data = encode(dataset(chest_like(), bits=16))
     with pytest.raises(dicom.DicomError):
-        dicom.load_image(write(tmp_path, data[: len(data) // 2]), 10**9)
+        dicom_pixels.load_image(write(tmp_path, data[: len(data) // 2]), 10**9)
 
 
 def keywords_at_every_depth(ds: pydicom.Dataset) -> set[str]:
@@ -245,7 +249,7 @@ def test_deidentify_follows_the_basic_profile_at_every_depth_and_keeps_pixels_an
     ds = identified(dataset(chest_like(), bits=12, WindowCenter=2048, WindowWidth=3000))
     study_uid, sop_uid = ds.StudyInstanceUID, ds.SOPInstanceUID
     path = write(tmp_path, encode(ds, acr_nema=acr_nema))
-    before = np.asarray(dicom.load_image(path, 10**9))
+    before = np.asarray(dicom_pixels.load_image(path, 10**9))
     dicom.deidentify(path)
     raw = path.read_bytes()
     assert PATIENT_NAME.encode() not in raw
@@ -259,7 +263,7 @@ def test_deidentify_follows_the_basic_profile_at_every_depth_and_keeps_pixels_an
     assert (kept.StudyInstanceUID, kept.SOPInstanceUID) == (study_uid, sop_uid)
     assert kept.PatientIdentityRemoved == "YES"
     assert [c.CodeValue for c in kept.DeidentificationMethodCodeSequence] == ["113100", "113110"]
-    assert np.array_equal(np.asarray(dicom.load_image(path, 10**9)), before)
+    assert np.array_equal(np.asarray(dicom_pixels.load_image(path, 10**9)), before)
     info = dicom.read_info(path)
     assert (info.modality, info.body_part, info.view_position) == ("DX", "CHEST", "PA")
 
@@ -268,10 +272,10 @@ def test_deidentify_keeps_the_lookup_tables_the_display_needs(tmp_path: Path) ->
     ds = dataset(chest_like(), bits=12, VOILUTSequence=voi_lut(4096, 0))
     ds.VOILUTSequence[0].LUTExplanation = PATIENT_NAME  # free text, even inside a LUT item
     path = write(tmp_path, encode(ds))
-    before = np.asarray(dicom.load_image(path, 10**9))
+    before = np.asarray(dicom_pixels.load_image(path, 10**9))
     dicom.deidentify(path)
     assert PATIENT_NAME.encode() not in path.read_bytes()
-    assert np.array_equal(np.asarray(dicom.load_image(path, 10**9)), before)
+    assert np.array_equal(np.asarray(dicom_pixels.load_image(path, 10**9)), before)
 
 
 @pytest.mark.parametrize("name_element", [True, False])
@@ -301,7 +305,7 @@ def test_jpeg_baseline_encapsulated_pixels_decode(tmp_path: Path) -> None:
     ds.PixelData = encapsulate([buffer.getvalue()])
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
-    pixels = np.asarray(dicom.load_image(write(tmp_path, encode(ds)), 10**9), dtype=float)
+    pixels = np.asarray(dicom_pixels.load_image(write(tmp_path, encode(ds)), 10**9), dtype=float)
     stretched = (values - values.min()) / np.ptp(values)  # no window: the full range is shown
     assert np.abs(pixels / 255.0 - stretched).mean() < 0.02
 
@@ -358,20 +362,20 @@ def test_a_code_stream_larger_than_its_header_says_is_refused_before_decoding(
     """The decoder allocates what the stream states: the limit must apply to that size."""
     path = write(tmp_path, encode(make()))  # type: ignore[operator]
     with pytest.raises(dicom.DicomError, match=stated):
-        dicom.load_image(path, max_pixels=10_000)
+        dicom_pixels.load_image(path, max_pixels=10_000)
 
 
 def test_a_code_stream_with_no_size_to_read_is_refused(tmp_path: Path) -> None:
     ds = _jpeg_dataset(96, 80)
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0\x00\x04" + b"\x00" * 32])
     with pytest.raises(dicom.DicomError, match="code stream states no size we can read"):
-        dicom.load_image(write(tmp_path, encode(ds)), max_pixels=10_000)
+        dicom_pixels.load_image(write(tmp_path, encode(ds)), max_pixels=10_000)
 
 
 def test_a_jpeg_2000_code_stream_wrapped_in_a_jp2_file_is_measured(tmp_path: Path) -> None:
     ds = _j2k_dataset(120, 90)
     stream = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
-    wrapped = dicom.JP2_SIGNATURE + b"\x00\x00\x00\x14ftypjp2 " + b"\x00" * 8
+    wrapped = dicom_pixels.JP2_SIGNATURE + b"\x00\x00\x00\x14ftypjp2 " + b"\x00" * 8
     ds.PixelData = encapsulate([wrapped + len(stream).to_bytes(4, "big") + b"jp2c" + stream])
     with pytest.raises(dicom.DicomError, match="states 90x120 pixels, the header 8x8"):
-        dicom.load_image(write(tmp_path, encode(ds)), max_pixels=10_000)
+        dicom_pixels.load_image(write(tmp_path, encode(ds)), max_pixels=10_000)
