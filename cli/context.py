@@ -6,11 +6,15 @@ that needs neither (`submit`, `models new`) connects to nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 
 from core.broker.queue import QueueUnavailableError, TaskQueue
 from core.config import Settings
 from core.db import Database
+from core.errors import DomainError
 
 
 class CliContext:
@@ -50,7 +54,11 @@ class CliContext:
 pass_cli = click.make_pass_decorator(CliContext)
 
 
-def cli_context(ctx: click.Context) -> CliContext:
-    """The context the `pneumoscan` group built at start."""
-    context: CliContext = ctx.find_root().obj
-    return context
+@contextmanager
+def domain_errors_shown() -> Iterator[None]:
+    """A domain error (no such version, a run already in progress...) ends the command with
+    its message, not a traceback."""
+    try:
+        yield
+    except DomainError as exc:
+        raise click.ClickException(exc.message) from exc

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.context import CliContext, pass_cli
-from core.errors import DomainError
+from cli.context import CliContext, domain_errors_shown, pass_cli
 
 
 @click.group()
@@ -27,12 +26,9 @@ def keys_create(cli: CliContext, name: str, scope: str) -> None:
     """Create a key and print it once: it cannot be shown again."""
     from core.keys import create_key
 
-    try:
-        with cli.db.session() as session:
-            row, secret = create_key(session, name, scope)
-            prefix = row.prefix
-    except DomainError as exc:
-        raise click.ClickException(exc.message) from exc
+    with domain_errors_shown(), cli.db.session() as session:
+        row, secret = create_key(session, name, scope)
+        prefix = row.prefix
     click.echo(f"created {scope} key {prefix}... for {name!r}; it is shown only now:", err=True)
     click.echo(secret)
 
@@ -57,9 +53,6 @@ def keys_revoke(cli: CliContext, prefix: str) -> None:
     """Revoke the key starting with PREFIX (as `keys list` shows it)."""
     from core.keys import revoke_key
 
-    try:
-        with cli.db.session() as session:
-            row = revoke_key(session, prefix)
-            click.echo(f"revoked {row.prefix}... ({row.name}, {row.scope})")
-    except DomainError as exc:
-        raise click.ClickException(exc.message) from exc
+    with domain_errors_shown(), cli.db.session() as session:
+        row = revoke_key(session, prefix)
+        click.echo(f"revoked {row.prefix}... ({row.name}, {row.scope})")

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from cli.context import CliContext, pass_cli
+from cli.context import CliContext, domain_errors_shown, pass_cli
 from core.choices import Architecture, values
-from core.errors import DomainError
 
 
 @click.group()
@@ -41,7 +40,7 @@ def models_import(
     from core.activation import activate_version
     from core.storage import Storage
 
-    try:
+    with domain_errors_shown():
         with cli.db.session() as session:
             row = registry.import_model(
                 session,
@@ -53,8 +52,6 @@ def models_import(
             )
         if activate:
             activate_version(cli.db, row.version, cli.release_waiting_jobs)
-    except DomainError as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(f"imported {path} as version {row.version}{' (active)' if activate else ''}")
 
 
@@ -65,10 +62,8 @@ def models_activate(cli: CliContext, version: str) -> None:
     """Make VERSION the active model (promote or roll back)."""
     from core.activation import activate_version
 
-    try:
+    with domain_errors_shown():
         activate_version(cli.db, version, cli.release_waiting_jobs)
-    except DomainError as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(f"version {version} is active")
 
 

@@ -8,9 +8,8 @@ from typing import Any
 
 import click
 
-from cli.context import CliContext, pass_cli
+from cli.context import CliContext, domain_errors_shown, pass_cli
 from core.choices import ActivationPolicy, Architecture, Augmentation, Optimizer, values
-from core.errors import DomainError
 
 
 @click.command()
@@ -49,15 +48,13 @@ def train(cli: CliContext, data: Path | None, activate: str, **options: Any) -> 
     from training.train import run_training
 
     settings = cli.settings
-    try:
+    with domain_errors_shown():
         params = TrainingParams.from_settings(
             settings, data_dir=str(data.resolve()) if data else None, activate=activate, **options
         )
         with cli.db.session() as session:
             run, _ = request_run(session, params, "cli", stale_after=settings.training_stale_after)
             run_id = run.id
-    except DomainError as exc:
-        raise click.ClickException(exc.message) from exc
     click.echo(f"training run {run_id}: {params.architecture}, {params.epochs} epochs", err=True)
     progress = _TrainingProgress()
     try:
@@ -161,15 +158,10 @@ def evaluate(
     from training.stress import CHANGES
 
     settings = cli.settings
-    try:
-        with cli.db.session() as session:
-            row = (
-                registry.get_version(session, version)
-                if version
-                else registry.active_version(session)
-            )
-    except DomainError as exc:
-        raise click.ClickException(exc.message) from exc
+    with domain_errors_shown(), cli.db.session() as session:
+        row = (
+            registry.get_version(session, version) if version else registry.active_version(session)
+        )
     if row is None:
         raise click.ClickException("no active model; name one with --model")
     reference = read_labelled_folder(data)

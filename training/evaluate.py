@@ -177,11 +177,6 @@ def load_version(storage: Storage, version: ModelVersion) -> Any:
     return load_network(storage, version, EVAL_BATCH)
 
 
-def evaluate_version(storage: Storage, version: ModelVersion, data: Arrays) -> dict[str, Any]:
-    """Metrics of a registered version on `data`, at the version's own threshold."""
-    return evaluate_network(load_version(storage, version), data, version.threshold)
-
-
 def measure_version(
     storage: Storage,
     version: ModelVersion,

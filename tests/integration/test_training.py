@@ -25,7 +25,7 @@ from tests.images import jpeg_bytes
 from tests.stack import Stack
 from tests.support import WorkerProcess, api_client, wait_for, zip_bytes
 from training.data import load_arrays, read_labelled_folder
-from training.evaluate import evaluate_version
+from training.evaluate import evaluate_network, load_version
 from training.gate import GateRules, promote_if_allowed
 from training.train import run_training
 
@@ -251,7 +251,7 @@ def test_gate_activates_a_better_candidate_keeps_a_worse_one_and_rollback_works(
         )
         bright_v, dark_v = bright.version, dark.version
     scores = {
-        v: evaluate_version(storage, row, holdout)["auroc"]
+        v: evaluate_network(load_version(storage, row), holdout, row.threshold)["auroc"]
         for v, row in ((bright_v, bright), (dark_v, dark))
     }
     better, worse = sorted(scores, key=scores.__getitem__, reverse=True)
