@@ -56,18 +56,12 @@ MEASURED_SYNTAXES = frozenset(
 
 
 ROWS_PER_BLOCK = 256  # display_values' working set: this many rows in float64 at once
-
-
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  "
-
-
 J2K_START = b"\xff\x4f\xff\x51"  # SOC, then the SIZ marker that must follow it
 
 
 # Start-of-frame markers (ITU T.81 B.1.1.3, less DHT C4, JPG C8 and DAC CC; F7 is JPEG-LS's).
 JPEG_FRAME_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})
-
-
 JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
 
 

@@ -28,8 +28,6 @@ from training.data import (
 from training.stress import stressed_arrays
 
 HOLDOUT_FRACTION = 0.15
-
-
 VALIDATION_FRACTION = 0.15
 
 

@@ -20,8 +20,6 @@ from core.storage import Storage
 from core.text import storable, without_paths
 
 MAX_SHOWN_PATH = 2000  # a rejected entry's path as shown (refused names may be any length)
-
-
 BATCHES_PER_FLUSH = 2  # rows are written, and batches released, this many batches at a time
 
 

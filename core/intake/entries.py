@@ -16,8 +16,6 @@ from core.storage import Span
 
 # Below this many bytes a high compression ratio is normal (a blank image) and harmless.
 RATIO_GRACE_BYTES = 1024 * 1024
-
-
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 
 

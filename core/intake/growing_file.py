@@ -20,8 +20,6 @@ from types import TracebackType
 from core.intake.entries import ArchiveError
 
 PART_SUFFIX = ".part"
-
-
 POLL_SECONDS = 0.05
 
 

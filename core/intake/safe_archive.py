@@ -37,14 +37,8 @@ from core.intake.entries import (
 from core.storage import Span
 
 T = TypeVar("T")
-
-
 ZIP_MAGIC = b"PK\x03\x04"
-
-
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
-
-
 COPY_CHUNK = 1024 * 1024
 
 

@@ -57,11 +57,7 @@ from core.intake.safe_archive import (
 # signature, version, flags, method, time, date, CRC-32, compressed size, size, name and
 # extra field lengths: the 30 bytes before each member's name.
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")
-
-
 ENCRYPTED, DATA_DESCRIPTOR, UTF8_NAME = 0x1, 0x8, 0x800
-
-
 ZIP64_SIZE = 0xFFFFFFFF
 
 
