@@ -117,7 +117,8 @@ def submit_raw_zip(
 ) -> Job:
     """A zip sent as the whole body, read from `chunks`: the fastest way in. When it arrives
     at `early_rate` bytes/s or faster (0: never), the job is queued while it arrives and
-    ingest reads it as it comes (core/arriving.py); a failed upload leaves no job behind."""
+    ingest reads it as it comes (core/intake/streaming_zip.py); a failed upload leaves no job
+    behind."""
     first = _first_zip_chunk(chunks)
     job: Job | None = None
     archive = storage.job_archive(job_id)
