@@ -81,6 +81,15 @@ def release_waiting(context: WorkerContext) -> None:
         enqueue_scoring(context, job_id)
 
 
+def _release_or_leave_to_the_sweep(context: WorkerContext) -> None:
+    """After an activation the run has done its work: a release that fails (the database or
+    the broker gone for a moment) must not fail the run; the sweep releases the jobs."""
+    try:
+        release_waiting(context)
+    except Exception:
+        log.exception("waiting jobs not released after the activation; the sweep will")
+
+
 def enqueue_scoring(context: WorkerContext, job_id: str) -> int:
     """One score_batch task per model batch of the job's unscored images."""
     with context.db.session() as session:
@@ -101,7 +110,7 @@ def train_model(self: Task, run_id: int) -> None:
         context.storage,
         context.settings,
         run_id,
-        release=lambda: release_waiting(context),
+        release=lambda: _release_or_leave_to_the_sweep(context),
     )
     log.info("training run %s %s: %s", run_id, outcome.status, outcome.decision or outcome.error)
 
