@@ -1,6 +1,7 @@
 """Thin Celery tasks: load ids, call one plain function, enqueue what follows.
 
-Importing this module never imports TensorFlow; the API imports it to enqueue.
+Importing this module never imports TensorFlow (scoring and training import it on first use).
+Senders elsewhere (the API, the CLI) send these tasks by name: `core/broker/routing.py`.
 """
 
 from __future__ import annotations
