@@ -1,45 +1,17 @@
-"""How often work was started: a batch's starts (a batch that keeps killing its worker is
-taken apart), and the one claim on a job's ingest (how many times it was taken, whether it
-went stale, where an ingest that gave way goes on from)."""
+"""The one claim on a job's ingest: how many times it was taken, whether it went stale, where
+an ingest that gave way goes on from. (Scoring counts its starts per image, in
+core/scoring_queue.py.)"""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from core.job_state import UNFINISHED_STATUSES
-from core.models import BatchAttempt, Job, utcnow
-
-
-def batch_key(job_id: str, image_ids: Sequence[int]) -> str:
-    return hashlib.sha256(f"{job_id}:{sorted(image_ids)}".encode()).hexdigest()
-
-
-def count_attempt(session: Session, job_id: str, image_ids: Sequence[int]) -> int:
-    """One more start of this batch; returns how many starts there have been."""
-    key = batch_key(job_id, image_ids)
-    row = session.get(BatchAttempt, key, with_for_update=True)
-    if row is None:
-        try:
-            with session.begin_nested():
-                row = BatchAttempt(key=key, job_id=job_id, attempts=1)
-                session.add(row)
-            return 1
-        except IntegrityError:
-            row = session.get(BatchAttempt, key, with_for_update=True, populate_existing=True)
-            assert row is not None
-    row.attempts += 1
-    return row.attempts
-
-
-def forget_attempts(session: Session, job_id: str, image_ids: Sequence[int]) -> None:
-    session.execute(delete(BatchAttempt).where(BatchAttempt.key == batch_key(job_id, image_ids)))
+from core.models import Job, utcnow
 
 
 @dataclass(frozen=True)

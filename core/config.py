@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from core.choices import Architecture, Augmentation, Optimizer
+from core.config_training import TrainingSettings
 
 # What PNEUMOSCAN_DEVICE=gpu changes, unless the setting is given (unmeasured: no GPU here).
 GPU_DEFAULTS: dict[str, object] = {
@@ -26,7 +26,7 @@ GPU_DEFAULTS: dict[str, object] = {
 BROKER_SCHEMES = ("filesystem", "redis", "rediss", "amqp", "sqla+sqlite", "sqla+postgresql")
 
 
-class Settings(BaseSettings):
+class Settings(TrainingSettings):
     """Everything a pneumoscan process can be told; embedded defaults live under `home`."""
 
     model_config = SettingsConfigDict(env_prefix="PNEUMOSCAN_", extra="ignore")
@@ -123,57 +123,6 @@ class Settings(BaseSettings):
     holdout_dir: Path | None = Field(
         None, description="Labelled holdout for evaluation; default: 15 % of patients carved out."
     )
-    min_sensitivity: float = Field(
-        0.95, gt=0, le=1, description="The decision threshold keeps sensitivity at least this."
-    )
-    gate_auroc_margin: float = Field(
-        0.01, ge=0, le=1, description="A candidate may trail the active model's AUROC by this."
-    )
-    gate_specificity_margin: float = Field(
-        0.02,
-        ge=0,
-        le=1,
-        description="A candidate may trail the active model's stressed specificity by this.",
-    )
-    retrain_cron: str = Field("0 2 * * *", description="When beat starts the nightly retraining.")
-    train_architecture: Architecture = Field(
-        Architecture.INCEPTION_RESNET_V2, description="Default architecture."
-    )
-    train_epochs: int = Field(40, ge=1, description="Default epochs of a training run.")
-    max_training_labels: int = Field(
-        20_000,
-        ge=0,
-        description="Confirmed labels one training run reads (the most recent; the rest are "
-        "counted as left out): at 75x75 the default holds about 340 MB of images.",
-    )
-    train_batch_size: int = Field(100, ge=1, description="Images per training step.")
-    train_augment: Augmentation = Field(
-        Augmentation.ACQUISITION,
-        description="none, threshold (copy with pixels < 25 set to 0), standard, robust, "
-        "robust-resolution, acquisition, or both.",
-    )
-    train_weights: str = Field("none", description="Backbone start: none, imagenet, or a file.")
-    train_input_size: int = Field(75, ge=32, le=512, description="Model input side in pixels.")
-    train_optimizer: Optimizer = Field(
-        Optimizer.SGD_COSINE,
-        description="The write-up's constant SGD, or a cosine-decayed SGD or AdamW.",
-    )
-    train_label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Label smoothing.")
-    train_preprocessing: str = Field(
-        "equalize", description="squash, equalize, trimN or trimN+equalize (core/imaging.py)."
-    )
-    train_batch_norm_recalibration: bool = Field(
-        False, description="Recompute BatchNorm statistics on the training images at the end."
-    )
-    train_ensemble: int = Field(
-        1, ge=1, le=8, description="Seeds trained and averaged in one model."
-    )
-    train_tta_views: int = Field(
-        1, ge=1, le=6, description="Test-time views averaged inside the saved model (1: none)."
-    )
-    training_stale_minutes: int = Field(
-        120, ge=1, description="A run silent this long lost its worker and stops blocking others."
-    )
     stall_seconds: int = Field(
         600, ge=1, description="A job with no progress for this long gets its work sent again."
     )
@@ -186,7 +135,22 @@ class Settings(BaseSettings):
     max_batch_attempts: int = Field(
         3,
         ge=1,
-        description="Starts of a batch before its images go one at a time (its worker died).",
+        description="Passes an image may die in alongside others before it goes alone; as "
+        "many more alone, and it is recorded as an error (its worker died each time).",
+    )
+    batch_wait_ms: int = Field(
+        50,
+        ge=0,
+        le=10_000,
+        description="How long a pass that is not full waits for more images to arrive.",
+    )
+    max_wait_seconds: int = Field(
+        600, ge=0, description="A routine image waiting this long is scored as stat."
+    )
+    scoring_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Forward-pass precision on the CPU: auto takes bfloat16 where the CPU has "
+        "it (AVX512_BF16 or AMX), float32 elsewhere; a GPU scores as the model was trained.",
     )
     dicom_accept_any: bool = Field(
         False, description="Score DICOM objects that are not frontal chest radiographs too."
@@ -220,26 +184,6 @@ class Settings(BaseSettings):
             if names:
                 owners[path] = frozenset(n.strip() for n in names.split("+") if n.strip())
         return {**data, "import_roots": roots, "import_root_owners": owners}
-
-    @field_validator("retrain_cron")
-    @classmethod
-    def _five_cron_fields(cls, value: str) -> str:
-        from celery.schedules import ParseException, crontab
-
-        if len(value.split()) != 5:
-            raise ValueError("give five cron fields: minute hour day-of-month month day-of-week")
-        try:
-            crontab.from_string(value)
-        except (ParseException, ValueError) as exc:
-            raise ValueError(f"not a cron expression: {exc}") from exc
-        return value
-
-    @field_validator("train_preprocessing")
-    @classmethod
-    def _known_preprocessing(cls, value: str) -> str:
-        from core.imaging import Preprocessing
-
-        return Preprocessing.parse(value).name
 
     @field_validator("database_url")
     @classmethod
@@ -320,10 +264,6 @@ class Settings(BaseSettings):
     @property
     def stall_after(self) -> timedelta:
         return timedelta(seconds=self.stall_seconds)
-
-    @property
-    def training_stale_after(self) -> timedelta:
-        return timedelta(minutes=self.training_stale_minutes)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -10,12 +10,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from core import job_state
-from core.attempts import batch_key
 from core.errors import ForbiddenError, NotFoundError
 from core.intake.entries import InvalidUploadError
 from core.models import (
-    BatchAttempt,
-    Image,
     Job,
     RejectedEntry,
     SourceKind,
@@ -116,25 +113,6 @@ def resolve_import_folder(
     if not resolved.is_dir():
         raise InvalidUploadError(f"{folder} is not a folder on the server")
     return resolved
-
-
-def pending_image_batches(session: Session, job_id: str, batch_size: int) -> list[list[int]]:
-    """Ids of the job's images that still lack a result, in batches of `batch_size`; an image
-    whose worker died while scoring it alone (it has a start count of its own) goes alone
-    again, first, so the count that will stop it goes on."""
-    ids = list(
-        session.scalars(
-            select(Image.id)
-            .where(Image.job_id == job_id, Image.scored_at.is_(None))
-            .order_by(Image.id)
-        )
-    )
-    counted = set(session.scalars(select(BatchAttempt.key).where(BatchAttempt.job_id == job_id)))
-    # Usually there are no counts at all: no image is hashed for nothing then.
-    alone = {i for i in ids if batch_key(job_id, [i]) in counted} if counted else set()
-    rest = [i for i in ids if i not in alone]
-    batches = [rest[start : start + batch_size] for start in range(0, len(rest), batch_size)]
-    return [[i] for i in sorted(alone)] + batches
 
 
 def claim_waiting_jobs(session: Session) -> list[str]:

@@ -1,4 +1,4 @@
-"""Writing a batch's results (idempotently) and reading a job's results back."""
+"""Writing a pass's results (idempotently, for any jobs) and reading a job's results back."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from core import job_state
 from core.jobs import Page, get_job
 from core.models import DICOM_COLUMNS, Image, Job, Label, ModelVersion, utcnow
-from core.storage import Span, span_of
 
 PNEUMONIA = "PNEUMONIA"
 NORMAL = "NORMAL"
@@ -24,16 +23,9 @@ class ImageResult:
     """The outcome for one image: a probability, or an error saying why there is none."""
 
     image_id: int
+    job_id: str
     probability: float | None = None
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class ImageToScore:
-    image_id: int
-    location: str
-    format: str
-    span: Span | None = None  # the image is these bytes of `location` (a kept upload)
 
 
 @dataclass(frozen=True)
@@ -56,46 +48,43 @@ class ResultRow:
     view_position: str | None
 
 
-def images_to_score(session: Session, job_id: str, image_ids: Sequence[int]) -> list[ImageToScore]:
-    """The images of this batch that still need a result; none when the job was stopped."""
-    job = session.get(Job, job_id)
-    if job_state.is_stopped(job):
-        return []
-    rows = session.execute(
-        select(Image.id, Image.location, Image.format, Image.member_offset, Image.size_bytes)
-        .where(Image.job_id == job_id, Image.id.in_(image_ids), Image.scored_at.is_(None))
-        .order_by(Image.id)
-    )
-    return [
-        ImageToScore(image_id, location, fmt, span_of(offset, size))
-        for image_id, location, fmt, offset, size in rows
-    ]
-
-
 def record_results(
-    session: Session, job_id: str, results: Sequence[ImageResult], model: ModelVersion
+    session: Session,
+    results: Sequence[ImageResult],
+    model: ModelVersion,
+    pass_id: int | None = None,
 ) -> int:
-    """Write results not yet recorded, advance the job's counters by them; returns how many.
+    """Write the results not yet recorded, advance each job's counters by what it newly got,
+    complete the jobs now done; returns how many results are new. One transaction.
 
-    A redelivered batch finds its images already scored and changes nothing.
+    A pass delivered again finds its images already scored and changes nothing.
     """
     ids = [result.image_id for result in results]
     fresh = set(
         session.scalars(
             select(Image.id)
-            .where(Image.job_id == job_id, Image.id.in_(ids), Image.scored_at.is_(None))
+            .where(Image.id.in_(ids), Image.scored_at.is_(None))
+            .order_by(Image.id)
             .with_for_update()
         )
     )
     new = [result for result in results if result.image_id in fresh]
     if new:
-        _write_images(session, new, model)
-        _advance_job(session, job_id, new, model.version)
-    job_state.complete_if_done(session, job_id)
+        _write_images(session, new, model, pass_id)
+    by_job: dict[str, list[ImageResult]] = {}
+    for result in new:
+        by_job.setdefault(result.job_id, []).append(result)
+    # Jobs in one order everywhere, so two passes locking the same jobs cannot deadlock.
+    for job_id in sorted(by_job):
+        _advance_job(session, job_id, by_job[job_id], model.version)
+    for job_id in sorted({result.job_id for result in results}):
+        job_state.complete_if_done(session, job_id)
     return len(new)
 
 
-def _write_images(session: Session, results: Sequence[ImageResult], model: ModelVersion) -> None:
+def _write_images(
+    session: Session, results: Sequence[ImageResult], model: ModelVersion, pass_id: int | None
+) -> None:
     now = utcnow()
     table = cast(Table, Image.__table__)
     statement = (
@@ -108,6 +97,7 @@ def _write_images(session: Session, results: Sequence[ImageResult], model: Model
             model_version_id=bindparam("b_model"),
             error=bindparam("b_error"),
             scored_at=bindparam("b_scored_at"),
+            pass_id=bindparam("b_pass"),
         )
     )
     # One statement, executed for the whole batch.
@@ -122,6 +112,7 @@ def _write_images(session: Session, results: Sequence[ImageResult], model: Model
                 "b_model": model.id if r.probability is not None else None,
                 "b_error": r.error,
                 "b_scored_at": now,
+                "b_pass": pass_id,
             }
             for r in results
         ],

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from core.intake.growing_file import PART_SUFFIX, writer_holds
 from core.job_state import UNFINISHED_STATUSES
 from core.models import Image, Job, JobStatus, utcnow
+from core.scoring_queue import release_passes, stale_passes
 from core.storage import Storage
 
 
@@ -48,6 +49,13 @@ def jobs_to_score_again(session: Session, stale_after: timedelta) -> list[str]:
     if stalled:
         session.execute(update(Job).where(Job.id.in_(stalled)).values(updated_at=utcnow()))
     return stalled
+
+
+def release_stale_passes(session: Session, stale_after: timedelta) -> int:
+    """Passes begun `stale_after` ago and never finished: their worker was killed outright
+    (its message waits for Redis's visibility timeout), so their images go back to the
+    queue as suspects. Returns how many images went back."""
+    return release_passes(session, stale_passes(session, utcnow() - stale_after))
 
 
 def remove_orphan_uploads(session: Session, storage: Storage, older_than: timedelta) -> int:

@@ -21,6 +21,7 @@ from core.imaging import Preprocessing
 from core.models import ModelVersion
 from core.registry import ArtifactIntegrityError, verified_artifact
 from core.storage import Storage
+from worker.precision import FLOAT32, in_precision, scoring_precision
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class LoadedModel:
     input_size: int
     network: Any  # a keras.Model, safe for concurrent inference once traced
     preprocessing: Preprocessing  # the input the version was trained on
+    precision: str = FLOAT32  # what the forward pass computes in (worker/precision.py)
 
 
 class ActiveModelCache:
@@ -96,16 +98,28 @@ class ActiveModelCache:
         configure_tensorflow(self.settings.tf_intra_op_threads, self.settings.tf_inter_op_threads)
         # Traced under the lock: concurrent first calls (threads pool) would race to build
         # the predict function, and the first batch would wait for it.
-        network = load_network(self.storage, version, self.settings.batch_size)
+        settings = self.settings
+        precision = scoring_precision(settings.scoring_precision, settings.device)
+        network = load_network(self.storage, version, settings.batch_size, precision)
         self.loads += 1
-        log.info("loaded model version %s in %.1f s", version.version, time.monotonic() - started)
+        log.info(
+            "loaded model version %s in %.1f s, scoring in %s",
+            version.version,
+            time.monotonic() - started,
+            precision,
+        )
         recipe = Preprocessing.parse(version.preprocessing)
-        return LoadedModel(version.version, version.id, version.input_size, network, recipe)
+        return LoadedModel(
+            version.version, version.id, version.input_size, network, recipe, precision
+        )
 
 
-def load_network(storage: Storage, version: ModelVersion, batch_size: int) -> Any:
-    """A version's verified artifact as a Keras model, checked to be a classifier of the
-    version's input size and traced for `batch_size`; ModelLoadError says why it cannot."""
+def load_network(
+    storage: Storage, version: ModelVersion, batch_size: int, precision: str = FLOAT32
+) -> Any:
+    """A version's verified artifact as a Keras model in `precision`, checked to be a
+    classifier of the version's input size and traced for `batch_size`; ModelLoadError says
+    why it cannot."""
     try:
         path = verified_artifact(storage, version)
     except ArtifactIntegrityError as exc:
@@ -117,6 +131,7 @@ def load_network(storage: Storage, version: ModelVersion, batch_size: int) -> An
     except Exception as exc:  # whatever Keras raises, the version cannot serve
         raise ModelLoadError(f"model version {version.version} does not load: {exc}") from exc
     _check_classifier(network, version)
+    network = in_precision(network, precision)
     size = version.input_size
     predict_padded(network, np.zeros((1, size, size, 3), np.float32), batch_size)
     return network

@@ -1,22 +1,43 @@
-"""Scoring a batch: the active model (worker/model_cache.py), parallel decoding, one forward
-pass, results recorded; a batch that keeps killing its worker is taken apart."""
+"""Scoring one pass: images of any jobs claimed from the queue (core/scoring_queue.py), decoded
+in parallel, one forward pass of the active model (worker/model_cache.py), every result
+recorded in one transaction.
+
+A pass of images back from a pass that died runs alone in its process (`RetryGate`); an
+image that died `max_batch_attempts` times goes alone, and after as many more deaths alone it
+is recorded as an error: one poison image never blocks the others.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
+from sqlalchemy.orm import Session
 
-from core.attempts import count_attempt, forget_attempts
 from core.config import Settings
 from core.imaging import ImageSource, decode_batch
-from core.job_state import park_for_model
-from core.models import ModelVersion
+from core.job_state import WAITING_FOR_MODEL, park_for_model
+from core.models import ModelVersion, ScoringPass
 from core.registry import active_version
-from core.results import ImageResult, ImageToScore, images_to_score, record_results
+from core.results import ImageResult, record_results
+from core.scoring_queue import (
+    ImageToScore,
+    QueuePolicy,
+    claim,
+    finish_pass,
+    jobs_with_free_images,
+    open_pass,
+    passes_of_message,
+    release_passes,
+    worn_out,
+)
 from core.storage import Storage
 from core.text import storable, without_paths
 from worker.context import WorkerContext
@@ -24,138 +45,141 @@ from worker.model_cache import LoadedModel, ModelLoadError, predict_padded
 
 log = logging.getLogger(__name__)
 
-
 MAX_ERROR_LENGTH = 2000
 GAVE_UP = "the worker stopped {times} times while scoring this image, so it was not scored"
+FILL_POLL_SECONDS = 0.01
 
 
-def score_images(context: WorkerContext, job_id: str, image_ids: Sequence[int]) -> int:
-    """Score the images of one batch that still need it; returns how many results are new."""
+@dataclass(frozen=True)
+class Claimed:
+    pass_id: int
+    images: list[ImageToScore]
+    suspect: bool
+
+
+@dataclass(frozen=True)
+class PassReport:
+    images: int = 0  # claimed
+    new: int = 0  # results recorded now
+    suspect: bool = False
+
+
+def policy_of(settings: Settings) -> QueuePolicy:
+    return QueuePolicy(
+        settings.batch_size,
+        timedelta(seconds=settings.max_wait_seconds),
+        settings.max_batch_attempts,
+    )
+
+
+def run_pass(context: WorkerContext, task_id: str | None) -> PassReport:
+    """One pass of the most urgent images waiting; an empty report when none are."""
     with context.db.session() as session:
-        todo = images_to_score(session, job_id, image_ids)
-        model = active_version(session) if todo else None
-        if todo and model is None:
-            park_for_model(session, job_id)
-        # Committed before the work starts, so a start that kills the worker still counts.
-        attempt = count_attempt(session, job_id, image_ids) if todo and model else 0
-    if not todo or model is None:
-        log.info(
-            "job %s batch of %d: nothing to score (already recorded, or the job stopped)",
-            job_id,
-            len(image_ids),
-        )
-        return 0
-    if attempt > context.settings.max_batch_attempts:
-        return _one_at_a_time(context, job_id, image_ids, todo, model, attempt)
-    loaded = _load_or_park(context, job_id, model)
-    if loaded is None:
-        return 0
-    # A batch whose first start killed its worker runs alone: it may do it again.
-    with context.retries.alone() if attempt > 1 else context.retries.shared():
-        return _score_and_record(context, job_id, loaded, todo, model, attempt, image_ids)
+        if task_id and (dead := passes_of_message(session, task_id)):
+            back = release_passes(session, dead)
+            log.warning("passes %s died with their worker: %d images back in the queue", dead, back)
+        model = active_version(session)
+        if model is None:
+            _park_waiting(context, WAITING_FOR_MODEL)
+            return PassReport()
+        policy = policy_of(context.settings)
+        _give_up_on_worn_out(session, model, policy)
+    try:
+        loaded = context.models.get(model)
+    except ModelLoadError as exc:
+        log.error("scoring parked: %s", exc)
+        _park_waiting(context, f"the active model cannot be used ({exc}); activate another version")
+        return PassReport()
+    with context.retries.shared():
+        claimed = _claim_pass(context, policy, task_id)
+        if claimed is not None and not claimed.suspect:
+            return _score(context, claimed, loaded, model)
+    if claimed is None:
+        return PassReport()
+    # Its images were in a pass that died: alone, they cannot take others down with them.
+    with context.retries.alone():
+        return _score(context, claimed, loaded, model)
 
 
-def _score_and_record(
+def _park_waiting(context: WorkerContext, detail: str) -> None:
+    with context.db.session() as session:
+        for job_id in jobs_with_free_images(session):
+            park_for_model(session, job_id, detail)
+
+
+def _claim_pass(context: WorkerContext, policy: QueuePolicy, task_id: str | None) -> Claimed | None:
+    """Claim a pass, waiting up to `batch_wait_ms` for a pass that is not full to fill."""
+    deadline = time.monotonic() + context.settings.batch_wait_ms / 1000
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    with context.db.session() as session:
+        scoring_pass = open_pass(session, worker, task_id, policy.capacity)
+        images = claim(session, scoring_pass, policy)
+        if not images:
+            session.rollback()
+            return None
+        pass_id, suspect = scoring_pass.id, scoring_pass.suspect
+    while len(images) < policy.capacity and not suspect and time.monotonic() < deadline:
+        time.sleep(min(FILL_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        with context.db.session() as session:
+            again = session.get(ScoringPass, pass_id)
+            assert again is not None
+            images += claim(session, again, policy)
+    return Claimed(pass_id, sorted(images, key=lambda i: i.image_id), suspect)
+
+
+def _score(
     context: WorkerContext,
-    job_id: str,
+    claimed: Claimed,
     loaded: LoadedModel,
-    images: Sequence[ImageToScore],
     model: ModelVersion,
-    attempt: int,
-    counted: Sequence[int],
-) -> int:
-    """Score `images` and record their results; the start count kept under `counted` (the
-    batch's ids, or one image's) is dropped in the same transaction: it has finished."""
+) -> PassReport:
+    images = claimed.images
+    jobs = {image.job_id for image in images}
     log.info(
-        "job %s: scoring %d images, ids %d..%d (attempt %d, process %d)",
-        job_id,
+        "pass %d (%d jobs): scoring %d images, ids %d..%d (attempt %d, process %d)",
+        claimed.pass_id,
+        len(jobs),
         len(images),
         images[0].image_id,
         images[-1].image_id,
-        attempt,
+        max(image.starts for image in images),
         os.getpid(),
     )
-    results = predict_images(loaded, images, context.storage, context.decode_pool, context.settings)
-    with context.db.session() as session:
-        new = record_results(session, job_id, results, model)
-        forget_attempts(session, job_id, counted)
-    log.info(
-        "job %s batch of %d: %d new results, %d already recorded",
-        job_id,
-        len(images),
-        new,
-        len(results) - new,
-    )
-    return new
-
-
-def _load_or_park(context: WorkerContext, job_id: str, model: ModelVersion) -> LoadedModel | None:
     try:
-        return context.models.get(model)
-    except ModelLoadError as exc:
-        log.error("job %s parked: %s", job_id, exc)
-        with context.db.session() as session:
-            park_for_model(
-                session,
-                job_id,
-                f"the active model cannot be used ({exc}); activate another version",
-            )
-        return None
-
-
-def _one_at_a_time(
-    context: WorkerContext,
-    job_id: str,
-    image_ids: Sequence[int],
-    todo: Sequence[ImageToScore],
-    model: ModelVersion,
-    attempt: int,
-) -> int:
-    """A batch that keeps killing its worker: its images are scored one at a time, alone in
-    the process, each start counted first, so the one that kills it is known by its count
-    and recorded as an error once past the limit; one poison image never blocks the others.
-    Whichever way its batches are sent again, an image's own count follows it."""
-    limit = context.settings.max_batch_attempts
-    if len(image_ids) > 1:
-        log.warning(
-            "job %s: a batch of %d was started %d times without finishing; "
-            "scoring its images one at a time",
-            job_id,
-            len(image_ids),
-            attempt - 1,
+        results = predict_images(
+            loaded, images, context.storage, context.decode_pool, context.settings
         )
-    new, loaded = 0, None
-    with context.retries.alone():
-        for image in todo:
-            # A batch of one is counted under the image's own key already.
-            starts = attempt if len(image_ids) == 1 else _count_start(context, job_id, image)
-            if starts > limit:
-                new += _give_up(context, job_id, image.image_id, model, starts)
-                continue
-            loaded = loaded or _load_or_park(context, job_id, model)
-            if loaded is None:
-                return new
-            ids = [image.image_id]
-            new += _score_and_record(context, job_id, loaded, [image], model, starts, ids)
+    except BaseException:
+        _release_after_error(context, claimed.pass_id)
+        raise
     with context.db.session() as session:
-        forget_attempts(session, job_id, image_ids)
-    return new
+        new = record_results(session, results, model, claimed.pass_id)
+        finish_pass(session, claimed.pass_id, len(jobs), model.id, loaded.precision)
+    log.info(
+        "pass %d: %d new results, %d already recorded", claimed.pass_id, new, len(results) - new
+    )
+    return PassReport(len(images), new, claimed.suspect)
 
 
-def _count_start(context: WorkerContext, job_id: str, image: ImageToScore) -> int:
-    with context.db.session() as session:
-        return count_attempt(session, job_id, [image.image_id])
+def _give_up_on_worn_out(session: Session, model: ModelVersion, policy: QueuePolicy) -> None:
+    """Images that kept killing their worker, alone too, are recorded as errors: no pass
+    starts on them again, so no further worker dies of them."""
+    given_up = [
+        ImageResult(image_id, job_id, error=GAVE_UP.format(times=starts))
+        for image_id, job_id, starts in worn_out(session, policy)
+    ]
+    if given_up and record_results(session, given_up, model):
+        for result in given_up:
+            log.error("job %s image %d: %s", result.job_id, result.image_id, result.error)
 
 
-def _give_up(
-    context: WorkerContext, job_id: str, image_id: int, model: ModelVersion, starts: int
-) -> int:
-    error = GAVE_UP.format(times=starts - 1)
-    with context.db.session() as session:
-        new = record_results(session, job_id, [ImageResult(image_id, error=error)], model)
-        forget_attempts(session, job_id, [image_id])
-    log.error("job %s image %d: %s", job_id, image_id, error)
-    return new
+def _release_after_error(context: WorkerContext, pass_id: int) -> None:
+    """The pass failed without killing its worker: its images go back, as suspects."""
+    try:
+        with context.db.session() as session:
+            release_passes(session, [pass_id])
+    except Exception:
+        log.exception("pass %d not released; the sweep will", pass_id)
 
 
 def predict_images(
@@ -178,9 +202,9 @@ def predict_images(
         for index, probability in zip(ok, predicted, strict=True):
             probabilities[index] = float(probability)
     return [
-        ImageResult(image.image_id, probabilities[i], None)
+        ImageResult(image.image_id, image.job_id, probabilities[i], None)
         if i in probabilities
-        else ImageResult(image.image_id, None, _shown(decoded[i], storage))
+        else ImageResult(image.image_id, image.job_id, None, _shown(decoded[i], storage))
         for i, image in enumerate(images)
     ]
 

@@ -15,9 +15,15 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from core import ingest
 from core.errors import DomainError
 from core.intake.kept_members import finish_kept_upload, jobs_with_unfinished_kept_uploads
-from core.jobs import claim_waiting_jobs, pending_image_batches
+from core.jobs import claim_waiting_jobs
 from core.models import RunStatus, utcnow
-from core.sweep import jobs_to_ingest_again, jobs_to_score_again, remove_orphan_uploads
+from core.scoring_queue import free_images
+from core.sweep import (
+    jobs_to_ingest_again,
+    jobs_to_score_again,
+    release_stale_passes,
+    remove_orphan_uploads,
+)
 from core.training_runs import TrainingParams, request_scheduled_run
 from worker.celery_app import context_of
 from worker.context import WorkerContext
@@ -46,7 +52,7 @@ def ingest_job(self: Task, job_id: str) -> None:
         context.storage,
         context.settings,
         job_id,
-        release=lambda image_ids: score_batch.delay(job_id, image_ids),
+        release=lambda image_ids: wake_scorers(context, len(image_ids)),
     )
     if outcome.deferred:
         # Its upload is still arriving: the slot goes to other work meanwhile.
@@ -54,18 +60,35 @@ def ingest_job(self: Task, job_id: str) -> None:
         return
     log.info("job %s ingested: %d images", job_id, outcome.total)
     if outcome.scoring and not outcome.released:
-        enqueue_scoring(context, job_id)  # a redelivered message: send what is still unscored
+        wake_for_job(context, job_id)  # a redelivered message: wake scorers for what is left
     elif not outcome.scoring:
         # A model may have been activated while this job was being parked: look again.
         release_waiting(context)
 
 
 @shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
-def score_batch(self: Task, job_id: str, image_ids: list[int]) -> None:
-    """Score one model batch of a job's images and record the results."""
-    from worker.scoring import score_images
+def score_pass(self: Task) -> None:
+    """A wake-up: run one pass of the most urgent images waiting, from any jobs. The message
+    carries no work: the database is the queue (core/scoring_queue.py)."""
+    _one_pass(self)
 
-    score_images(context_of(self.app), job_id, image_ids)
+
+@shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
+def score_batch(self: Task, job_id: str, image_ids: list[int]) -> None:
+    """A per-job batch message sent before the scoring queue existed: now a wake-up."""
+    _one_pass(self)
+
+
+def _one_pass(task: Task) -> None:
+    from worker.scoring import run_pass
+
+    context = context_of(task.app)
+    report = run_pass(context, task.request.id)
+    if not report.images:
+        log.info("wake-up %s: no images waiting", task.request.id)
+    elif report.suspect:
+        # A pass of suspects takes fewer than it might: another wake-up for the rest.
+        wake_if_waiting(context)
 
 
 @shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
@@ -79,7 +102,7 @@ def release_waiting(context: WorkerContext) -> None:
         claimed = claim_waiting_jobs(session)
     for job_id in claimed:
         log.info("job %s released: a model is active", job_id)
-        enqueue_scoring(context, job_id)
+        wake_for_job(context, job_id)
 
 
 def _release_or_leave_to_the_sweep(context: WorkerContext) -> None:
@@ -91,13 +114,26 @@ def _release_or_leave_to_the_sweep(context: WorkerContext) -> None:
         log.exception("waiting jobs not released after the activation; the sweep will")
 
 
-def enqueue_scoring(context: WorkerContext, job_id: str) -> int:
-    """One score_batch task per model batch of the job's unscored images."""
+def wake_scorers(context: WorkerContext, images: int) -> None:
+    """One wake-up per `batch_size` images newly waiting (at least one): enough passes for
+    them whatever else is queued, since every pass takes as many as it has room for."""
+    wakeups = max(1, -(-images // context.settings.batch_size))
+    for _ in range(wakeups):
+        score_pass.delay()
+
+
+def wake_for_job(context: WorkerContext, job_id: str) -> None:
     with context.db.session() as session:
-        batches = pending_image_batches(session, job_id, context.settings.batch_size)
-    for image_ids in batches:
-        score_batch.delay(job_id, image_ids)
-    return len(batches)
+        waiting = free_images(session, job_id)
+    if waiting:
+        wake_scorers(context, waiting)
+
+
+def wake_if_waiting(context: WorkerContext) -> None:
+    with context.db.session() as session:
+        waiting = free_images(session)
+    if waiting:
+        score_pass.delay()
 
 
 @shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
@@ -144,6 +180,7 @@ def sweep(self: Task) -> None:
     release_waiting(context)
     stall = context.settings.stall_after
     with context.db.session() as session:
+        back = release_stale_passes(session, stall)
         to_ingest = jobs_to_ingest_again(session, stall)
         to_score = jobs_to_score_again(session, stall)
         removed = remove_orphan_uploads(session, context.storage, stall)
@@ -151,9 +188,11 @@ def sweep(self: Task) -> None:
     for job_id in to_ingest:
         log.warning("job %s: ingest did not finish; sending it again", job_id)
         ingest_job.delay(job_id)
+    if back:
+        log.warning("passes silent for %s: %d images back in the queue", stall, back)
     for job_id in to_score:
-        log.warning("job %s: no progress for %s; sending its unscored batches again", job_id, stall)
-        enqueue_scoring(context, job_id)
+        log.warning("job %s: no progress for %s; waking scorers for its images", job_id, stall)
+        wake_for_job(context, job_id)
     for job_id in unfinished:
         log.warning("job %s: its ingest ended before blanking its kept upload; blanking", job_id)
         finish_kept_upload(context.db, context.storage, job_id)

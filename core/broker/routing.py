@@ -16,6 +16,8 @@ INGEST_QUEUE, SCORING_QUEUE, TRAINING_QUEUE = "ingest", "scoring", "training"
 
 # Task names: the workers register these (worker/tasks.py); senders use only the names.
 INGEST_JOB = "worker.tasks.ingest_job"
+SCORE_PASS = "worker.tasks.score_pass"
+# Per-job batches, from before the scoring queue: still taken, as wake-ups.
 SCORE_BATCH = "worker.tasks.score_batch"
 RELEASE_WAITING_JOBS = "worker.tasks.release_waiting_jobs"
 TRAIN_MODEL = "worker.tasks.train_model"
@@ -26,6 +28,7 @@ TASK_ROUTES = {
     INGEST_JOB: {"queue": INGEST_QUEUE},
     RELEASE_WAITING_JOBS: {"queue": INGEST_QUEUE},
     SWEEP: {"queue": INGEST_QUEUE},
+    SCORE_PASS: {"queue": SCORING_QUEUE},
     SCORE_BATCH: {"queue": SCORING_QUEUE},
     SCHEDULE_RETRAINING: {"queue": INGEST_QUEUE},
     TRAIN_MODEL: {"queue": TRAINING_QUEUE},

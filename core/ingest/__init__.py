@@ -34,7 +34,7 @@ from core.intake.kept_members import finish_kept_upload
 from core.intake.received import iter_received
 from core.intake.retention import keep_only_images
 from core.intake.streaming_zip import UploadStillArrivingError, iter_upload
-from core.models import BatchAttempt, Image, Job, RejectedEntry, SourceKind
+from core.models import Image, Job, RejectedEntry, SourceKind
 from core.storage import Storage
 from core.text import without_paths
 
@@ -176,7 +176,6 @@ def _claim_keeper(db: Database, job_id: str, every_seconds: float) -> Callable[[
 
 def _forget_partial_ingest(session: Session, job_id: str) -> None:
     """Rows of an ingest whose worker died: drop them and start clean (their files go too)."""
-    session.execute(delete(BatchAttempt).where(BatchAttempt.job_id == job_id))
     session.execute(delete(RejectedEntry).where(RejectedEntry.job_id == job_id))
     session.execute(delete(Image).where(Image.job_id == job_id))
     job_state.reset_for_reingest(session, job_id)

@@ -5,14 +5,15 @@ from core.models.base import Base, utcnow
 from core.models.jobs import (
     DICOM_COLUMNS,
     FINISHED_STATUSES,
-    BatchAttempt,
     Image,
     Job,
     JobStatus,
+    Priority,
     RejectedEntry,
     SourceKind,
 )
 from core.models.model_versions import ModelStatus, ModelVersion
+from core.models.passes import PassOutcome, ScoringPass
 from core.models.training import Label, RunStatus, TrainingRun
 
 __all__ = [
@@ -20,15 +21,17 @@ __all__ = [
     "FINISHED_STATUSES",
     "ApiKey",
     "Base",
-    "BatchAttempt",
     "Image",
     "Job",
     "JobStatus",
     "Label",
     "ModelStatus",
     "ModelVersion",
+    "PassOutcome",
+    "Priority",
     "RejectedEntry",
     "RunStatus",
+    "ScoringPass",
     "SourceKind",
     "TrainingRun",
     "utcnow",

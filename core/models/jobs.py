@@ -1,4 +1,5 @@
-"""Scoring jobs, one row per image (holding its result), and entries refused at ingest."""
+"""Scoring jobs, one row per image (holding its result, and its place in the scoring queue),
+and entries refused at ingest."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -37,6 +39,14 @@ FINISHED_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 DICOM_COLUMNS = ("study_uid", "series_uid", "sop_uid", "modality", "body_part", "view_position")
 
 
+class Priority(enum.StrEnum):
+    """How soon a job's images are scored: stat ahead of routine, and routine no later than
+    `PNEUMOSCAN_MAX_WAIT_SECONDS` after submission (then it counts as stat)."""
+
+    STAT = "stat"
+    ROUTINE = "routine"
+
+
 class SourceKind(enum.StrEnum):
     ARCHIVE = "archive"
     IMAGES = "images"
@@ -54,6 +64,9 @@ class Job(Base):
     status_detail: Mapped[str | None] = mapped_column(Text)
     # The API key name that submitted it; keys of that name see it, admins see every job.
     owner: Mapped[str | None] = mapped_column(String(200), index=True)
+    priority: Mapped[Priority] = mapped_column(
+        StrEnumText(Priority), default=Priority.ROUTINE, server_default=Priority.ROUTINE.value
+    )
     source_kind: Mapped[SourceKind] = mapped_column(StrEnumText(SourceKind))
     source_name: Mapped[str] = mapped_column(Text)
     # None until ingest has counted the images.
@@ -87,13 +100,26 @@ class Job(Base):
         return min(1.0, self.done / self.total)
 
 
+UNSCORED = text("scored_at IS NULL")
+SUSPECT = text("scored_at IS NULL AND starts > 0")
+
+
 class Image(Base):
-    """One image of a job; the result columns stay empty until a batch scores it."""
+    """One image of a job; the result columns stay empty until a pass scores it.
+
+    An unscored image of a running job is in the scoring queue (core/scoring_queue.py):
+    `pass_id` is set while a pass holds it and stays to say which pass scored it.
+    """
 
     __tablename__ = "images"
     __table_args__ = (
         UniqueConstraint("job_id", "relative_path"),
         Index("ix_images_job_id_id", "job_id", "id"),
+        # The queue: a job's unscored images in order, and those whose pass died.
+        Index(
+            "ix_images_unscored", "job_id", "id", postgresql_where=UNSCORED, sqlite_where=UNSCORED
+        ),
+        Index("ix_images_suspect", "id", postgresql_where=SUSPECT, sqlite_where=SUSPECT),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -114,6 +140,11 @@ class Image(Base):
     )
     error: Mapped[str | None] = mapped_column(Text)
     scored_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pass_id: Mapped[int | None] = mapped_column(
+        ForeignKey("scoring_passes.id", ondelete="SET NULL"), index=True
+    )
+    # Passes that took this image; more than one without a result means a worker died in it.
+    starts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # DICOM only; nothing that names the patient is kept.
     study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     series_uid: Mapped[str | None] = mapped_column(String(64))
@@ -121,18 +152,6 @@ class Image(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     body_part: Mapped[str | None] = mapped_column(String(64))
     view_position: Mapped[str | None] = mapped_column(String(16))
-
-
-class BatchAttempt(Base):
-    """How often a batch (one score_batch message) was started: a batch that keeps killing its
-    worker is split after a few attempts, down to the one image that does it."""
-
-    __tablename__ = "batch_attempts"
-
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class RejectedEntry(Base):

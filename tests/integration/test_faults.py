@@ -4,7 +4,6 @@ threads pool's drill runs under `pneumoscan up`, in tests/e2e)."""
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -19,7 +18,7 @@ from sqlalchemy import func, select
 from core.config import Settings, load_settings
 from core.db import Database
 from core.migrate import upgrade
-from core.models import Image, Job
+from core.models import Image, Job, PassOutcome, ScoringPass
 from core.storage import Storage
 from core.sweep import remove_orphan_uploads
 from tests import hostile
@@ -36,13 +35,28 @@ from tests.support import (
     zip_bytes,
 )
 
-SCORING_LINE = re.compile(
-    r"job (\w+): scoring \d+ images, ids (\d+)\.\.(\d+) \(attempt \d+, process (\d+)\)"
-)
+
+def running_passes(stack: Stack) -> list[tuple[int, int, list[int]]]:
+    """Passes under way: (pass id, the pid of the process running it, its images' ids)."""
+    with stack.db.session() as session:
+        rows = session.execute(
+            select(ScoringPass.id, ScoringPass.worker, Image.id)
+            .join(Image, Image.pass_id == ScoringPass.id)
+            .where(ScoringPass.outcome == PassOutcome.RUNNING, Image.scored_at.is_(None))
+            .order_by(ScoringPass.id, Image.id)
+        ).all()
+    passes: dict[tuple[int, int], list[int]] = {}
+    for pass_id, worker, image_id in rows:
+        passes.setdefault((pass_id, int(worker.rsplit(":", 1)[1])), []).append(image_id)
+    return [(pass_id, pid, ids) for (pass_id, pid), ids in passes.items()]
 
 
-def scoring_lines(log: str) -> list[tuple[int, int, int]]:
-    return [(int(a), int(b), int(pid)) for _, a, b, pid in SCORING_LINE.findall(log)]
+def ingest_both_first(stack: Stack, job_ids: list[str]) -> None:
+    """An ingest-only worker expands the jobs, so the first pass can take images of each."""
+    stack.worker = WorkerProcess(stack.settings, stack.tmp_path / "ingest.log", queues="ingest")
+    for job_id in job_ids:
+        wait_for(lambda j=job_id: stack.job(j)["total"] is not None, 60, "the jobs to be ingested")
+    stack.worker.stop()
 
 
 def exactly_one_result_per_image(stack: Stack, job_id: str, total: int) -> None:
@@ -59,22 +73,33 @@ def exactly_one_result_per_image(stack: Stack, job_id: str, total: int) -> None:
         assert session.scalar(select(func.count()).where(Image.job_id == job_id)) == total
 
 
-def test_killing_the_pool_child_scoring_a_batch_loses_and_duplicates_nothing(
+def test_killing_the_pool_child_scoring_a_pass_loses_and_duplicates_nothing(
     backend_settings: Settings, tmp_path: Path, inception_model: Path
 ) -> None:
     # Prefork: the worker's main process sees its child die and gives the message back.
     stack = Stack(backend_settings.model_copy(update={"worker_pool": "prefork"}), tmp_path)
     try:
         stack.import_model(inception_model)
+        jobs = {
+            stack.submit_zip(zip_bytes([(f"{i:03d}.jpeg", jpeg_bytes()) for i in range(n)]))[
+                "id"
+            ]: n
+            for n in (30, 120)
+        }
+        ingest_both_first(stack, list(jobs))
         worker = stack.start_worker()
-        images = [(f"{i:03d}.jpeg", jpeg_bytes()) for i in range(150)]
-        job_id = stack.submit_zip(zip_bytes(images))["id"]
-        # The first batch logs its process before the forward pass.
-        first = wait_for(lambda: scoring_lines(worker.log()), 120, "the first batch to start")
-        assert first[0][2] != worker.process.pid  # a pool child, not the worker itself
-        os.kill(first[0][2], signal.SIGKILL)
-        exactly_one_result_per_image(stack, job_id, 150)
+        # Both jobs were in before the first pass: it takes images of each.
+        first = wait_for(lambda: running_passes(stack), 120, "the first pass to start")
+        pass_id, pid, image_ids = first[0]
+        assert pid != worker.process.pid  # a pool child, not the worker itself
+        with stack.db.session() as session:
+            held = set(session.scalars(select(Image.job_id).where(Image.id.in_(image_ids))))
+        os.kill(pid, signal.SIGKILL)
+        for job_id, total in jobs.items():
+            exactly_one_result_per_image(stack, job_id, total)
         assert "WorkerLostError" in worker.log() or "exited with 'signal 9" in worker.log()
+        assert f"passes [{pass_id}] died with their worker" in worker.log()
+        assert held == set(jobs)
     finally:
         stack.close()
 
@@ -321,7 +346,7 @@ def test_api_killed_during_an_upload_leaves_no_job_and_its_upload_is_removed(
         api.stop()
 
 
-def test_a_batch_that_keeps_killing_its_worker_is_narrowed_down_to_the_poison_image(
+def test_a_pass_that_keeps_killing_its_worker_is_narrowed_down_to_the_poison_image(
     backend_settings: Settings, tmp_path: Path, baseline_model: Path
 ) -> None:
     settings = backend_settings.model_copy(
@@ -335,39 +360,52 @@ def test_a_batch_that_keeps_killing_its_worker_is_narrowed_down_to_the_poison_im
     stack = Stack(settings, tmp_path)
     try:
         stack.import_model(baseline_model)
-        images = [(f"{i:03d}.jpeg", jpeg_bytes()) for i in range(12)]
-        images[5] = ("005-poison.png", hostile.slow_png(side=11_000))  # decodes for about 0.5 s
-        job_id = stack.submit_zip(zip_bytes(images))["id"]
-        worker = stack.start_worker()
-        wait_for(lambda: stack.job(job_id)["total"] == 12, 60, "the job to be ingested")
+        # The poison's job and another share the first pass: its neighbours are another job's.
+        poisoned = [("000.jpeg", jpeg_bytes()), ("001-poison.png", hostile.slow_png(side=11_000))]
+        poisoned_id = stack.submit_zip(zip_bytes(poisoned))["id"]
+        other_id = stack.submit_zip(
+            zip_bytes([(f"{i:03d}.jpeg", jpeg_bytes()) for i in range(10)])
+        )["id"]
+        # Both ingested first, by an ingest-only worker, so the first pass holds both.
+        stack.worker = WorkerProcess(settings, tmp_path / "ingest.log", queues="ingest")
+        for job_id in (poisoned_id, other_id):
+            wait_for(
+                lambda j=job_id: stack.job(j)["total"] is not None, 60, "the jobs to be ingested"
+            )
+        stack.worker.stop()
+        stack.start_worker()
         with stack.db.session() as session:
             poison = session.scalar(
                 select(Image.id).where(
-                    Image.job_id == job_id, Image.relative_path == "005-poison.png"
+                    Image.job_id == poisoned_id, Image.relative_path == "001-poison.png"
                 )
             )
-        killed: set[tuple[int, int, int]] = set()
+        killed: dict[int, list[int]] = {}  # pass id: its images
 
         def kill_whoever_scores_the_poison() -> bool:
             # Stands in for an image that exhausts memory: every process that starts on it dies.
-            for line in scoring_lines(worker.log()):
-                if line[0] <= poison <= line[1] and line not in killed:
-                    killed.add(line)
+            for pass_id, pid, image_ids in running_passes(stack):
+                if poison in image_ids and pass_id not in killed:
+                    killed[pass_id] = image_ids
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(line[2], signal.SIGKILL)
-            return stack.job(job_id)["status"] == "completed"
+                        os.kill(pid, signal.SIGKILL)
+            return all(stack.job(j)["status"] == "completed" for j in (poisoned_id, other_id))
 
         wait_for(
             kill_whoever_scores_the_poison,
             300,
-            "the job to finish around the poison",
+            "the jobs to finish around the poison",
             interval=0.02,
         )
-        results = {r["id"]: r for r in stack.results(job_id)}
-        assert "stopped 2 times" in results[poison]["error"]
+        results = {r["id"]: r for j in (poisoned_id, other_id) for r in stack.results(j)}
+        assert "stopped 4 times" in results[poison]["error"]
         assert all(r["probability"] is not None for i, r in results.items() if i != poison)
         assert len(results) == 12
-        # Two starts of the batch of 4, then one at a time: two starts of the poison alone.
-        assert len(killed) == 4
+        # A pass of both jobs, twice (its second start alone), then the poison alone, twice.
+        assert [len(ids) for ids in killed.values()] == [4, 4, 1, 1]
+        with stack.db.session() as session:
+            first = next(iter(killed.values()))
+            first_pass = set(session.scalars(select(Image.job_id).where(Image.id.in_(first))))
+        assert first_pass == {poisoned_id, other_id}
     finally:
         stack.close()

@@ -1,4 +1,5 @@
-"""Writing results: idempotent per batch, counters advanced once, the last batch completes."""
+"""Writing results: idempotent per pass, counters advanced once per job, the last result
+completes a job, a pass of several jobs advances each by its own."""
 
 from pathlib import Path
 
@@ -6,10 +7,9 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from core import registry
-from core.attempts import count_attempt
 from core.config import Settings
 from core.db import Database
-from core.jobs import create_job, pending_image_batches
+from core.jobs import create_job
 from core.models import Image, Job, JobStatus, ModelVersion, SourceKind
 from core.results import ImageResult, record_results
 from core.storage import Storage
@@ -53,11 +53,11 @@ def ids_of(db: Database) -> list[int]:
 def test_redelivered_batch_does_not_duplicate_results_or_counts(job_with_images) -> None:  # type: ignore[no-untyped-def]
     db, job_id, model = job_with_images
     ids = ids_of(db)
-    batch = [ImageResult(i, probability=0.9) for i in ids[:3]]
+    batch = [ImageResult(i, job_id, probability=0.9) for i in ids[:3]]
     with db.session() as session:
-        assert record_results(session, job_id, batch, model) == 3
+        assert record_results(session, batch, model) == 3
     with db.session() as session:
-        assert record_results(session, job_id, batch, model) == 0
+        assert record_results(session, batch, model) == 0
         job = session.get(Job, job_id)
         assert (job.scored, job.errors, job.status) == (3, 0, JobStatus.RUNNING)  # type: ignore[union-attr]
         scored = session.scalar(select(func.count()).where(Image.scored_at.is_not(None)))
@@ -68,10 +68,13 @@ def test_last_batch_completes_the_job_and_errors_are_counted(job_with_images) ->
     db, job_id, model = job_with_images
     ids = ids_of(db)
     with db.session() as session:
-        record_results(session, job_id, [ImageResult(i, probability=0.2) for i in ids[:3]], model)
+        record_results(session, [ImageResult(i, job_id, probability=0.2) for i in ids[:3]], model)
     with db.session() as session:
-        last = [ImageResult(ids[3], probability=0.7), ImageResult(ids[4], error="could not decode")]
-        record_results(session, job_id, last, model)
+        last = [
+            ImageResult(ids[3], job_id, probability=0.7),
+            ImageResult(ids[4], job_id, error="could not decode"),
+        ]
+        record_results(session, last, model)
     with db.session() as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -85,29 +88,30 @@ def test_last_batch_completes_the_job_and_errors_are_counted(job_with_images) ->
     assert rows[ids[3]].model_version_id == model.id
 
 
-def test_pending_batches_cover_only_unscored_images(job_with_images) -> None:  # type: ignore[no-untyped-def]
+def test_a_pass_of_two_jobs_advances_each_by_its_own_and_completes_the_one_done(  # type: ignore[no-untyped-def]
+    job_with_images,
+) -> None:
     db, job_id, model = job_with_images
     ids = ids_of(db)
     with db.session() as session:
-        record_results(session, job_id, [ImageResult(ids[1], probability=0.5)], model)
+        other = create_job(session, SourceKind.ARCHIVE, "other.zip", "job2", owner="b")
+        other.status, other.total = JobStatus.RUNNING, 1
+        session.add(
+            Image(
+                job_id="job2",
+                relative_path="x.jpeg",
+                location="x",
+                format="jpeg",
+                size_bytes=1,
+                sha256="0" * 64,
+            )
+        )
+        session.flush()
+        other_image = session.scalar(select(Image.id).where(Image.job_id == "job2"))
+    mixed = [ImageResult(ids[0], job_id, probability=0.9), ImageResult(other_image, "job2", 0.1)]
     with db.session() as session:
-        assert pending_image_batches(session, job_id, batch_size=2) == [
-            [ids[0], ids[2]],
-            [ids[3], ids[4]],
-        ]
-
-
-def test_an_image_whose_worker_died_scoring_it_alone_is_sent_alone_again(job_with_images) -> None:  # type: ignore[no-untyped-def]
-    """Its own start count goes on only if it comes back alone; in a regrouped batch the
-    count would start again, and the poison would take its new neighbours down with it."""
-    db, job_id, _ = job_with_images
-    ids = ids_of(db)
+        assert record_results(session, mixed, model) == 2
     with db.session() as session:
-        count_attempt(session, job_id, [ids[2]])  # started alone, then the worker died
-        count_attempt(session, job_id, [ids[0], ids[1]])  # a batch's count says nothing
-    with db.session() as session:
-        assert pending_image_batches(session, job_id, batch_size=2) == [
-            [ids[2]],
-            [ids[0], ids[1]],
-            [ids[3], ids[4]],
-        ]
+        first, second = session.get(Job, job_id), session.get(Job, "job2")
+        assert (first.scored, first.status) == (1, JobStatus.RUNNING)  # type: ignore[union-attr]
+        assert (second.scored, second.status) == (1, JobStatus.COMPLETED)  # type: ignore[union-attr]

@@ -3,14 +3,14 @@ PostgreSQL + Redis: archive in, batched scoring, one result per image in SQL."""
 
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from core.models import Image
+from core.models import Image, ScoringPass
 from tests.images import chest_like, jpeg_bytes, png_bytes, truncated_jpeg
 from tests.stack import Stack
 from tests.support import wait_for, zip_bytes, zip_folder_bytes
 from tests.synthetic import brightness_model
-from worker.tasks import score_batch
+from worker.tasks import score_batch, score_pass
 
 
 def test_real_xrays_are_scored_by_inception_resnet_v2_loaded_once(
@@ -71,7 +71,7 @@ def test_job_waiting_for_a_model_starts_when_one_is_activated(
     assert done["model_versions"] == [version]
 
 
-def test_redelivered_score_batch_does_not_duplicate_results(
+def test_a_wake_up_delivered_again_after_its_pass_changes_nothing(
     stack: Stack, baseline_model: Path
 ) -> None:
     stack.import_model(baseline_model)
@@ -81,14 +81,20 @@ def test_redelivered_score_batch_does_not_duplicate_results(
     first = stack.wait_finished(job_id)
     before = stack.results(job_id)
     with stack.db.session() as session:
+        task_id = session.scalar(select(ScoringPass.task_id))
+        passes = session.scalar(select(func.count()).select_from(ScoringPass))
         image_ids = list(session.scalars(select(Image.id).where(Image.job_id == job_id)))
-    # The same message again, as the broker would redeliver it after a lost acknowledgement.
+    # The same message again, as the broker would redeliver it after a lost acknowledgement,
+    # and a per-job batch message sent before the scoring queue existed.
+    stack.celery.tasks[score_pass.name].apply_async(task_id=task_id)
     stack.celery.tasks[score_batch.name].delay(job_id, image_ids)
-    redelivered = f"job {job_id} batch of 5: nothing to score (already recorded"
-    wait_for(lambda: redelivered in worker.log(), 60, "the redelivered batch")
+    wait_for(lambda: f"wake-up {task_id}: no images waiting" in worker.log(), 60, "the wake-up")
+    wait_for(lambda: worker.log().count("no images waiting") >= 2, 60, "the old message")
     after = stack.job(job_id)
     assert (after["scored"], after["errors"], after["status"]) == (first["scored"], 0, "completed")
     assert stack.results(job_id) == before
+    with stack.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(ScoringPass)) == passes
 
 
 def test_a_tampered_active_model_parks_the_job_until_a_usable_one_is_activated(

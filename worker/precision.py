@@ -1,0 +1,79 @@
+"""The precision of the forward pass: bfloat16 where the CPU computes it natively.
+
+A model is saved in float32 (or mixed float16 when trained on a GPU). On a CPU with
+AVX512_BF16 or AMX, the same weights rebuilt under Keras's `mixed_bfloat16` policy score
+faster with probabilities within a stated tolerance (docs/performance.md,
+tests/integration/test_precision.py). The output layer, `pneumonia`, stays float32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FLOAT32, BFLOAT16, AS_TRAINED = "float32", "bfloat16", "as trained"
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+OUTPUT_LAYER = "pneumonia"
+
+
+def cpu_has_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU computes bfloat16 natively (its flags, as Linux lists them)."""
+    try:
+        flags = cpuinfo.read_text(errors="replace").split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_FLAGS)
+
+
+def scoring_precision(setting: str, device: str, has_bfloat16: bool | None = None) -> str:
+    """What the forward pass runs in: a GPU scores as the model was trained (mixed float16
+    when it was); on a CPU, `auto` takes bfloat16 where the CPU has it."""
+    if device == "gpu":
+        return AS_TRAINED
+    if setting != "auto":
+        return setting
+    native = cpu_has_bfloat16() if has_bfloat16 is None else has_bfloat16
+    return BFLOAT16 if native else FLOAT32
+
+
+def in_precision(network: Any, precision: str) -> Any:
+    """`network` itself for float32 or as trained; for bfloat16, the same architecture rebuilt
+    under `mixed_bfloat16` (every layer but the output) with the same weights."""
+    if precision != BFLOAT16:
+        return network
+    import keras
+
+    config = json.loads(network.to_json())
+    changed = _to_bfloat16(config)
+    rebuilt = keras.models.model_from_json(json.dumps(config))
+    rebuilt.set_weights(network.get_weights())
+    log.info("scoring in bfloat16: %d layers rebuilt under mixed_bfloat16", changed)
+    return rebuilt
+
+
+def _to_bfloat16(node: Any) -> int:
+    """Set every layer's dtype policy in a serialised model to mixed_bfloat16, nested models
+    included, except the input and the output layer; returns how many were set."""
+    changed = 0
+    if isinstance(node, dict):
+        config = node.get("config")
+        if (
+            isinstance(config, dict)
+            and "class_name" in node
+            and node["class_name"] != "InputLayer"
+            and config.get("name") != OUTPUT_LAYER
+        ):
+            policy = config.get("dtype")
+            if isinstance(policy, dict) and policy.get("class_name") == "DTypePolicy":
+                policy["config"]["name"] = "mixed_bfloat16"
+                changed += 1
+        for value in node.values():
+            changed += _to_bfloat16(value)
+    elif isinstance(node, list):
+        for value in node:
+            changed += _to_bfloat16(value)
+    return changed
