@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import partial
 from typing import Any
 from uuid import uuid4
@@ -21,14 +22,18 @@ from api.schemas import (
     JobOut,
     JobsPageOut,
     JobsQuery,
+    SubmitQuery,
     UploadJobIn,
 )
 from api.uploads import CHUNK, UPLOAD_TYPES, persist, upload_slot, watched_upload
+from core.backlog import Place, place_of
+from core.job_state import is_scoring
 from core.jobs import cancel_job, get_job, list_jobs
-from core.models import Job
+from core.models import Job, Priority
 from core.storage import ARCHIVE_NAME
 from core.submission import (
     JobStoppedDuringUploadError,
+    NewJob,
     submit_archive,
     submit_files,
     submit_folder,
@@ -53,6 +58,7 @@ def init_app(app: APIFlask, bodies: RequestBodiesPlugin) -> None:
 
 @bp.post("/jobs")
 @bp.auth_required(auth, roles=SUBMIT)
+@bp.input(SubmitQuery, location="query", arg_name="query")
 @bp.output(JobOut, status_code=202, description="The job, queued")
 @bp.doc(
     responses={
@@ -65,47 +71,48 @@ def init_app(app: APIFlask, bodies: RequestBodiesPlugin) -> None:
         503: "Queue unavailable",
     }
 )
-def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Submit a zip (`archive`), files with relative paths (`images`) or a server folder."""
+def submit_job(query: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Submit a zip (`archive`), files with relative paths (`images`) or a server folder;
+    `?priority=stat` puts its images ahead of routine ones (default: the key's priority)."""
     context = api_context(current_app)
+    new = NewJob(uuid4().hex, caller().name, Priority(query.get("priority", caller().priority)))
     if request.mimetype not in UPLOAD_TYPES:  # a folder job, or a body refused as it is
-        return _submit(context)
+        return _submit(context, new)
     settings = context.settings
     with (
         upload_slot(context.storage, caller().name, settings.max_uploads_per_owner),
         watched_upload(settings.upload_min_kb_per_s),
     ):
-        return _submit(context)
+        return _submit(context, new)
 
 
-def _submit(context: ApiContext) -> tuple[dict[str, Any], int, dict[str, str]]:
-    job_id, owner = uuid4().hex, caller().name
+def _submit(context: ApiContext, new: NewJob) -> tuple[dict[str, Any], int, dict[str, str]]:
     db, storage, enqueue = context.db, context.storage, context.queue.ingest
     if request.mimetype == "application/zip":
-        job = _submit_raw_zip(context, job_id)
+        job = _submit_raw_zip(context, new)
     elif request.mimetype == "application/json":
         data = _load(FolderJobIn(), request.get_json(silent=False))
         open_to = caller().owner_filter
-        job = submit_folder(db, enqueue, context.settings, data["folder"], owner, open_to, job_id)
+        job = submit_folder(db, enqueue, context.settings, data["folder"], new, open_to)
     elif request.mimetype == "multipart/form-data":
         data = _load(UploadJobIn(), _multipart_parts())
         if archive := data.get("archive"):
             name = archive.filename or ARCHIVE_NAME
             store = partial(persist, archive)
-            job = submit_archive(db, storage, enqueue, store, name, owner, job_id)
+            job = submit_archive(db, storage, enqueue, store, name, new)
         else:
             files = ((f.filename or "", f.stream) for f in data["images"])
-            job = submit_files(db, storage, enqueue, files, owner, job_id)
+            job = submit_files(db, storage, enqueue, files, new)
     else:
         raise api_error(
             415,
             'send JSON {"folder": ...}, a zip as application/zip, '
             "or multipart/form-data with `archive` or `images`",
         )
-    return _job_out(job), 202, {"Location": url_for("jobs.get_job_status", job_id=job_id)}
+    return _job_out(job), 202, {"Location": url_for("jobs.get_job_status", job_id=new.id)}
 
 
-def _submit_raw_zip(context: ApiContext, job_id: str) -> Job:
+def _submit_raw_zip(context: ApiContext, new: NewJob) -> Job:
     """A zip sent as the whole body (no multipart parsing); its job may be queued while it
     still arrives (core/submission.py)."""
     _, options = parse_options_header(request.headers.get("Content-Disposition", ""))
@@ -117,8 +124,7 @@ def _submit_raw_zip(context: ApiContext, job_id: str) -> Job:
             iter(partial(request.stream.read, CHUNK), b""),
             request.content_length,
             options.get("filename") or ARCHIVE_NAME,
-            caller().name,
-            job_id,
+            new,
             context.settings.early_ingest_mb_per_s * 1024 * 1024,
         )
     except JobStoppedDuringUploadError as stopped:
@@ -177,7 +183,9 @@ def list_job_statuses(query_data: dict[str, Any]) -> dict[str, Any]:
 def get_job_status(job_id: str) -> dict[str, Any]:
     """Status, counts, progress, model versions and timestamps of one job."""
     with api_context(current_app).db.session() as session:
-        return _job_out(get_job(session, job_id, caller().owner_filter))
+        job = get_job(session, job_id, caller().owner_filter)
+        max_wait = timedelta(seconds=api_context(current_app).settings.max_wait_seconds)
+        return _job_out(job, place_of(session, job.id, max_wait) if is_scoring(job) else None)
 
 
 @bp.post("/jobs/<job_id>/cancel")
@@ -190,12 +198,15 @@ def cancel(job_id: str) -> dict[str, Any]:
         return _job_out(cancel_job(session, job_id, caller().owner_filter))
 
 
-def _job_out(job: Job) -> dict[str, Any]:
+def _job_out(job: Job, place: Place | None = None) -> dict[str, Any]:
     versions = list(job.model_versions or [])
     return {
         "id": job.id,
         "status": job.status,
         "status_detail": job.status_detail,
+        "priority": job.priority,
+        "images_ahead": place.images_ahead if place else None,
+        "expected_start_at": place.expected_start_at if place else None,
         "source_kind": job.source_kind,
         "source_name": job.source_name,
         "total": job.total,

@@ -7,6 +7,7 @@ Only counts: no job ids, paths or key names. Built from the database at each scr
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from apiflask import APIBlueprint, APIFlask
@@ -32,7 +33,9 @@ RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
 
 def init_app(app: APIFlask) -> None:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(api_context(app).db))
+    context = api_context(app)
+    max_wait = timedelta(seconds=context.settings.max_wait_seconds)
+    registry.register(DatabaseCollector(context.db, max_wait))
     app.extensions[REGISTRY] = registry
     app.register_blueprint(bp)
 
@@ -40,12 +43,13 @@ def init_app(app: APIFlask) -> None:
 class DatabaseCollector:
     """A Prometheus collector that counts what the database holds when it is scraped."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, max_wait: timedelta) -> None:
         self.db = db
+        self.max_wait = max_wait
 
     def collect(self) -> Iterator[Metric]:
         with self.db.session() as session:
-            counts = service_counts(session)
+            counts = service_counts(session, self.max_wait)
         yield from gauges(counts)
 
 
@@ -78,6 +82,19 @@ def gauges(counts: ServiceCounts) -> Iterator[Metric]:
     yield _labelled(
         "pneumoscan_training_runs", "Training runs by status.", "status", counts.training_runs
     )
+    yield _labelled(
+        "pneumoscan_backlog_images",
+        "Images of queued and running jobs without a result, by the priority they are scored "
+        "at now (routine waiting past PNEUMOSCAN_MAX_WAIT_SECONDS counts as stat).",
+        "priority",
+        counts.backlog,
+    )
+    if counts.pass_fill is not None:
+        yield GaugeMetricFamily(
+            "pneumoscan_pass_fill",
+            "Mean images per forward pass over the batch size, of the last 100 passes.",
+            value=counts.pass_fill,
+        )
 
 
 def _labelled(name: str, documentation: str, label: str, values: dict[str, int]) -> Metric:

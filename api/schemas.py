@@ -10,7 +10,7 @@ from apiflask.validators import Length, OneOf, Range
 from marshmallow import ValidationError, validates_schema
 
 from core.choices import ActivationPolicy, Architecture, Augmentation, Optimizer, values
-from core.models import JobStatus
+from core.models import JobStatus, Priority
 
 
 class FolderJobIn(Schema):
@@ -46,6 +46,16 @@ class JobsQuery(PageQuery):
     status = String(validate=OneOf([status.value for status in JobStatus]))
 
 
+class SubmitQuery(Schema):
+    priority = String(
+        validate=OneOf([priority.value for priority in Priority]),
+        metadata={
+            "description": "stat: scored ahead of routine work. Default: the API key's priority "
+            "(`pneumoscan keys create --priority`), else routine."
+        },
+    )
+
+
 class RejectedQuery(PageQuery):
     per_page = Integer(load_default=500, validate=Range(min=1, max=5000))
 
@@ -69,6 +79,18 @@ class JobOut(Schema):
     id = String()
     status = String(metadata={"enum": [status.value for status in JobStatus]})
     status_detail = String(allow_none=True)
+    priority = String(metadata={"enum": [priority.value for priority in Priority]})
+    images_ahead = Integer(
+        allow_none=True,
+        metadata={
+            "description": "While images of the job wait (`GET /v1/jobs/{id}` only): images "
+            "that go into forward passes before its next one."
+        },
+    )
+    expected_start_at = DateTime(
+        allow_none=True,
+        metadata={"description": "When its next image should be scored, at the recent rate."},
+    )
     source_kind = String()
     source_name = String()
     total = Integer(allow_none=True, metadata={"description": "Images found; null until ingested."})

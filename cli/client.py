@@ -41,26 +41,30 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
-    def submit(self, path: Path) -> dict[str, Any]:
-        """Upload a zip, or a folder zipped on the fly; returns the new job."""
+    def submit(self, path: Path, priority: str | None = None) -> dict[str, Any]:
+        """Upload a zip, or a folder zipped on the fly; returns the new job. `priority`
+        (stat or routine) overrides the key's."""
         if path.is_dir():
             with tempfile.TemporaryDirectory() as scratch:
                 archive = Path(scratch) / f"{path.name or 'study'}.zip"
                 if zip_folder(path, archive) == 0:
                     raise ClientError(f"{path} holds no files")
-                return self._upload(archive)
+                return self._upload(archive, priority)
         if path.is_file() and is_zip_file(path):
-            return self._upload(path)
+            return self._upload(path, priority)
         raise ClientError(f"{path} is neither a folder nor a zip archive")
 
-    def _upload(self, archive: Path) -> dict[str, Any]:
+    def _upload(self, archive: Path, priority: str | None) -> dict[str, Any]:
         # The zip as the whole body, in large chunks: no multipart encoding on either side.
         headers = {
             "Content-Type": "application/zip",
             "Content-Length": str(archive.stat().st_size),
             "Content-Disposition": f'attachment; filename="{archive.name.replace(chr(34), "_")}"',
         }
-        return self._call("POST", "/v1/jobs", content=_chunks(archive), headers=headers)
+        params = {"priority": priority} if priority else {}
+        return self._call(
+            "POST", "/v1/jobs", content=_chunks(archive), headers=headers, params=params
+        )
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}")

@@ -21,13 +21,21 @@ def keys() -> None:
     help="read: its own jobs; submit: and send jobs; review: every job, and confirm labels; "
     "admin: everything.",
 )
+@click.option(
+    "--priority",
+    type=click.Choice(["routine", "stat"]),
+    default="routine",
+    show_default=True,
+    help="The priority of this key's jobs when a submission does not give one.",
+)
 @pass_cli
-def keys_create(cli: CliContext, name: str, scope: str) -> None:
+def keys_create(cli: CliContext, name: str, scope: str, priority: str) -> None:
     """Create a key and print it once: it cannot be shown again."""
     from core.keys import create_key
+    from core.models import Priority
 
     with domain_errors_shown(), cli.db.session() as session:
-        row, secret = create_key(session, name, scope)
+        row, secret = create_key(session, name, scope, Priority(priority))
         prefix = row.prefix
     click.echo(f"created {scope} key {prefix}... for {name!r}; it is shown only now:", err=True)
     click.echo(secret)
@@ -40,10 +48,10 @@ def keys_list(cli: CliContext) -> None:
     from core.keys import list_keys
 
     with cli.db.session() as session:
-        click.echo(f"{'PREFIX':<14} {'SCOPE':<7} {'STATUS':<8} NAME")
+        click.echo(f"{'PREFIX':<14} {'SCOPE':<7} {'PRIORITY':<9} {'STATUS':<8} NAME")
         for row in list_keys(session):
             status = "revoked" if row.revoked_at else "active"
-            click.echo(f"{row.prefix:<14} {row.scope:<7} {status:<8} {row.name}")
+            click.echo(f"{row.prefix:<14} {row.scope:<7} {row.priority:<9} {status:<8} {row.name}")
 
 
 @keys.command("revoke")

@@ -17,6 +17,12 @@ from cli.context import CliContext, pass_cli
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results CSV here."
 )
+@click.option(
+    "--priority",
+    type=click.Choice(["routine", "stat"]),
+    default=None,
+    help="stat: scored ahead of routine work. Default: the API key's priority.",
+)
 @click.option("--api-url", default=None, help="Default: PNEUMOSCAN_API_URL.")
 @click.option("--api-key", default=None, help="Default: PNEUMOSCAN_API_KEY.")
 @click.option("--poll-seconds", type=float, default=1.0, show_default=True)
@@ -26,6 +32,7 @@ def submit(
     path: Path,
     wait: bool,
     out: Path | None,
+    priority: str | None,
     api_url: str | None,
     api_key: str | None,
     poll_seconds: float,
@@ -36,8 +43,8 @@ def submit(
     settings = cli.settings
     client = ApiClient(api_url or settings.api_url, api_key or settings.api_key)
     try:
-        job = client.submit(path)
-        click.echo(f"job {job['id']} {job['status']}", err=True)
+        job = client.submit(path, priority)
+        click.echo(f"job {job['id']} {job['status']} ({job['priority']})", err=True)
         if wait or out:
             job = _follow(client, job["id"], poll_seconds)
         if out:

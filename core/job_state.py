@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.errors import ConflictError
-from core.models import FINISHED_STATUSES, Job, JobStatus, SourceKind, utcnow
+from core.models import FINISHED_STATUSES, Job, JobStatus, Priority, SourceKind, utcnow
 from core.text import storable
 
 UNFINISHED_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -36,10 +36,21 @@ class JobFinishedError(ConflictError):
     code = "job_finished"
 
 
-def new_job(job_id: str, kind: SourceKind, source_name: str, owner: str | None) -> Job:
+def new_job(
+    job_id: str,
+    kind: SourceKind,
+    source_name: str,
+    owner: str | None,
+    priority: Priority = Priority.ROUTINE,
+) -> Job:
     """A job as submitted: queued, nothing counted yet."""
     return Job(
-        id=job_id, source_kind=kind, source_name=source_name, status=JobStatus.QUEUED, owner=owner
+        id=job_id,
+        source_kind=kind,
+        source_name=source_name,
+        status=JobStatus.QUEUED,
+        owner=owner,
+        priority=priority,
     )
 
 

@@ -14,6 +14,7 @@ from core.errors import ForbiddenError, NotFoundError
 from core.intake.entries import InvalidUploadError
 from core.models import (
     Job,
+    Priority,
     RejectedEntry,
     SourceKind,
 )
@@ -37,9 +38,14 @@ class Page:
 
 
 def create_job(
-    session: Session, kind: SourceKind, source_name: str, job_id: str, owner: str | None = None
+    session: Session,
+    kind: SourceKind,
+    source_name: str,
+    job_id: str,
+    owner: str | None = None,
+    priority: Priority = Priority.ROUTINE,
 ) -> Job:
-    job = job_state.new_job(job_id, kind, source_name, owner)
+    job = job_state.new_job(job_id, kind, source_name, owner, priority)
     session.add(job)
     session.flush()
     return job

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidInputError, NotFoundError
-from core.models import ApiKey, utcnow
+from core.models import ApiKey, Priority, utcnow
 
 # What each scope may do. read: see its own (its key name's) jobs; submit: send jobs too;
 # review: see every job's results and confirm labels, which train the shared model (a
@@ -27,10 +27,12 @@ KEY_PREFIX = "psk_"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key's name (owner of its jobs) and its scope."""
+    """Who is calling: the key's name (owner of its jobs), its scope, and the priority its
+    jobs get when a submission does not say."""
 
     name: str
     scope: str
+    priority: Priority = Priority.ROUTINE
 
     @property
     def is_admin(self) -> bool:
@@ -51,14 +53,22 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(session: Session, name: str, scope: str) -> tuple[ApiKey, str]:
+def create_key(
+    session: Session, name: str, scope: str, priority: Priority = Priority.ROUTINE
+) -> tuple[ApiKey, str]:
     """A new key; the secret is returned once and never stored."""
     if scope not in SCOPES:
         raise InvalidInputError(f"scope must be one of {', '.join(SCOPES)}")
     if not name.strip() or len(name) > 200:
         raise InvalidInputError("a key needs a name of 1 to 200 characters")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(name=name.strip(), scope=scope, key_hash=hash_key(secret), prefix=secret[:12])
+    row = ApiKey(
+        name=name.strip(),
+        scope=scope,
+        key_hash=hash_key(secret),
+        prefix=secret[:12],
+        priority=priority,
+    )
     session.add(row)
     session.flush()
     return row, secret
@@ -68,7 +78,7 @@ def authenticate(session: Session, secret: str) -> Principal | None:
     row = session.scalar(
         select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
     )
-    return Principal(row.name, row.scope) if row else None
+    return Principal(row.name, row.scope, row.priority) if row else None
 
 
 def revoke_key(session: Session, prefix: str) -> ApiKey:

@@ -7,13 +7,14 @@ same figures, whichever one a scraper reaches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from core.backlog import backlog_by_priority, recent_fill
 from core.models import (
     Job,
     JobStatus,
@@ -36,9 +37,13 @@ class ServiceCounts:
     active_model: str | None
     model_versions: dict[str, int]  # by status
     training_runs: dict[str, int]  # by status
+    backlog: dict[str, int]  # images without a result, by the priority they are scored at
+    pass_fill: float | None  # mean images over batch size of the recent passes
 
 
-def service_counts(session: Session, now: datetime | None = None) -> ServiceCounts:
+def service_counts(
+    session: Session, max_wait: timedelta, now: datetime | None = None
+) -> ServiceCounts:
     """Counts of jobs, images, model versions and training runs, a handful of aggregate
     queries over the jobs table (never the images table, which is the large one)."""
     now = now or utcnow()
@@ -71,6 +76,8 @@ def service_counts(session: Session, now: datetime | None = None) -> ServiceCoun
         ),
         model_versions=_by_status(session, ModelVersion.status, ModelStatus),
         training_runs=_by_status(session, TrainingRun.status, RunStatus),
+        backlog=backlog_by_priority(session, max_wait, now),
+        pass_fill=recent_fill(session),
     )
 
 

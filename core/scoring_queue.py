@@ -173,6 +173,8 @@ def _jobs_with_work(
             Job.id,
             func.coalesce(Job.owner, "").label("owner"),
             level.label("level"),
+            stat_first.label("stat_first"),
+            Job.created_at,
             (Job.total - Job.scored - Job.errors).label("remaining"),
             func.row_number()
             .over(partition_by=(level, Job.owner), order_by=(stat_first, Job.created_at, Job.id))
@@ -181,9 +183,9 @@ def _jobs_with_work(
         .where(*_scoring(), free)
         .subquery()
     )
-    rows = session.execute(
-        select(ranked).where(ranked.c.rank <= room).order_by(ranked.c.level, ranked.c.rank)
-    )
+    # Owners come in the order of their first job, so `quotas` gives them turns in that order.
+    order = (ranked.c.level, ranked.c.stat_first, ranked.c.created_at, ranked.c.id)
+    rows = session.execute(select(ranked).where(ranked.c.rank <= room).order_by(*order))
     # An ingest still counting has no total yet: it may fill the pass.
     return [
         JobWork(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -22,11 +23,22 @@ from core.intake.growing_file import ArrivingWriter
 from core.intake.received import save_received_files
 from core.intake.safe_archive import EMPTY_ZIP_MAGIC, ZIP_MAGIC, is_zip_file
 from core.jobs import create_job, discard_job, get_job, resolve_import_folder
-from core.models import Job, SourceKind
+from core.models import Job, Priority, SourceKind
 from core.storage import Storage
 
 Enqueue = Callable[[str], None]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """The job a submission makes: its id (chosen before anything is stored), the key name
+    that owns it, and how urgent it is."""
+
+    id: str
+    owner: str
+    priority: Priority = Priority.ROUTINE
+
 
 # A raw zip upload is judged fast enough to expand while it arrives after this many bytes.
 EARLY_INGEST_AFTER = 16 * 1024 * 1024
@@ -57,16 +69,15 @@ def submit_folder(
     enqueue: Enqueue,
     settings: Settings,
     folder: str,
-    owner: str,
+    new: NewJob,
     open_to: str | None,
-    job_id: str,
 ) -> Job:
     """A folder on the import volume, scored where it lies (`open_to`: the key name whose
     roots it must lie under, None for an admin)."""
     resolved = resolve_import_folder(
         folder, settings.import_roots, settings.import_root_owners, open_to
     )
-    return _record_and_enqueue(db, None, enqueue, job_id, SourceKind.FOLDER, str(resolved), owner)
+    return _record_and_enqueue(db, None, enqueue, new, SourceKind.FOLDER, str(resolved))
 
 
 def submit_files(
@@ -74,13 +85,12 @@ def submit_files(
     storage: Storage,
     enqueue: Enqueue,
     files: Iterable[tuple[str, BinaryIO]],
-    owner: str,
-    job_id: str,
+    new: NewJob,
 ) -> Job:
     """Files sent one by one, each with its relative path."""
-    count = _stored(storage, job_id, lambda: save_received_files(storage, job_id, files))
+    count = _stored(storage, new.id, lambda: save_received_files(storage, new.id, files))
     source = f"{count} uploaded files"
-    return _record_and_enqueue(db, storage, enqueue, job_id, SourceKind.IMAGES, source, owner)
+    return _record_and_enqueue(db, storage, enqueue, new, SourceKind.IMAGES, source)
 
 
 def submit_archive(
@@ -89,19 +99,18 @@ def submit_archive(
     enqueue: Enqueue,
     store: Callable[[Path], None],
     name: str,
-    owner: str,
-    job_id: str,
+    new: NewJob,
 ) -> Job:
     """A zip received whole (a multipart part): `store` puts it at the path it is given."""
 
     def store_zip() -> None:
-        target = storage.job_archive(job_id)
+        target = storage.job_archive(new.id)
         store(target)
         if not is_zip_file(target):
             raise InvalidUploadError("`archive` is not a zip file")
 
-    _stored(storage, job_id, store_zip)
-    return _record_and_enqueue(db, storage, enqueue, job_id, SourceKind.ARCHIVE, name, owner)
+    _stored(storage, new.id, store_zip)
+    return _record_and_enqueue(db, storage, enqueue, new, SourceKind.ARCHIVE, name)
 
 
 def submit_raw_zip(
@@ -111,8 +120,7 @@ def submit_raw_zip(
     chunks: Iterator[bytes],
     expected: int | None,
     name: str,
-    owner: str,
-    job_id: str,
+    new: NewJob,
     early_rate: float,
 ) -> Job:
     """A zip sent as the whole body, read from `chunks`: the fastest way in. When it arrives
@@ -121,6 +129,7 @@ def submit_raw_zip(
     behind."""
     first = _first_zip_chunk(chunks)
     job: Job | None = None
+    job_id = new.id
     archive = storage.job_archive(job_id)
     try:
         with ArrivingWriter(archive) as upload:
@@ -129,18 +138,14 @@ def submit_raw_zip(
             for chunk in chunks:
                 upload.write(chunk)
                 if job is None and _arrives_fast(upload.size, started, early_rate):
-                    job = _record_and_enqueue(
-                        db, storage, enqueue, job_id, SourceKind.ARCHIVE, name, owner
-                    )
+                    job = _record_and_enqueue(db, storage, enqueue, new, SourceKind.ARCHIVE, name)
                 elif job is not None and time.monotonic() - last_look > STOPPED_LOOK_SECONDS:
                     last_look = time.monotonic()
                     _raise_if_stopped(db, job_id)  # the part file goes with the exception
             _check_complete(upload.size, expected)
         if job is not None:
             _raise_if_stopped(db, job_id, archive)
-        return job or _record_and_enqueue(
-            db, storage, enqueue, job_id, SourceKind.ARCHIVE, name, owner
-        )
+        return job or _record_and_enqueue(db, storage, enqueue, new, SourceKind.ARCHIVE, name)
     except JobStoppedDuringUploadError:
         raise
     except BaseException:
@@ -166,17 +171,16 @@ def _record_and_enqueue(
     db: Database,
     storage: Storage | None,
     enqueue: Enqueue,
-    job_id: str,
+    new: NewJob,
     kind: SourceKind,
     source: str,
-    owner: str,
 ) -> Job:
     try:
         with db.session() as session:
-            job = create_job(session, kind, source, job_id, owner=owner)
+            job = create_job(session, kind, source, new.id, new.owner, new.priority)
     except BaseException:
         if storage is not None:
-            storage.remove_job(job_id)
+            storage.remove_job(new.id)
         raise
     # Only once the job row is committed may a worker look for it.
     try:

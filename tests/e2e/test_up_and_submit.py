@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,8 +22,18 @@ def test_up_serves_submit_writes_one_row_per_image_and_ctrl_c_stops_everything(
     imported = pneumoscan(env, "models", "import", str(baseline_model), "--activate")
     assert imported.returncode == 0, imported.stderr
     out = tmp_path / "r.csv"
-    submitted = pneumoscan(env, "submit", str(shared_data / "origres"), "--wait", "--out", str(out))
+    submitted = pneumoscan(
+        env,
+        "submit",
+        str(shared_data / "origres"),
+        "--priority",
+        "stat",
+        "--wait",
+        "--out",
+        str(out),
+    )
     assert submitted.returncode == 0, submitted.stderr + log_path.read_text()[-3000:]
+    assert re.search(r"job \w+ queued \(stat\)", submitted.stderr)
     assert "completed: 200 scored, 0 errors" in submitted.stderr
     assert "scoring 200/200" in submitted.stderr  # progress, a line per tenth without a terminal
     with out.open() as handle:
