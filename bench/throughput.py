@@ -7,7 +7,9 @@
 InceptionResNetV2 at 75x75 (random weights) and the real full-resolution JPEGs of
 ../shared/data/origres (or PNEUMOSCAN_TEST_DATA), repeated to `--images`:
 
-  model    the loaded model's forward pass on pre-decoded tensors, batches of the pipeline's size
+  model    the loaded model's forward pass on pre-decoded tensors, batches of the pipeline's
+           size, in the precision the service scores in (PNEUMOSCAN_SCORING_PRECISION: bfloat16
+           where the CPU has it); `model_float32` the same in float32
   decode   decoding and preprocessing alone, with the pipeline's own function and threads
   bound    1 / (1/model + 1/decode): the machine's rate if nothing else cost anything
   service  a zip POSTed to the real API, scored by real worker processes, from the start of
@@ -15,6 +17,11 @@ InceptionResNetV2 at 75x75 (random weights) and the real full-resolution JPEGs o
   folder   the same images named as a folder on the import volume (`{"folder": ...}`): no
            upload and no extraction, so service/folder shows what receiving and storing the
            zip costs
+  small    `--small-jobs` one-image jobs sent at once by 4 clients, against `big`, one job of
+           the same images: small/big is what scoring study by study costs
+  stat     a one-image stat job sent while a 2,000-image routine job is being scored: seconds
+           from its POST to its result
+  fill     mean images per pass over the batch size, in the service, small and big runs
   naive    what tutorials do: full decode and resize, one `predict` per image, one INSERT and
            commit per result
 
@@ -31,33 +38,26 @@ import argparse
 import os
 import statistics
 import sys
-import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from common import (
     cpu_model,
     origres_images,
-    run_cli,
     service_env,
-    start_cli,
-    stop,
-    wait_until_ready,
     write_results,
 )
+from service import Service, import_folder, study_zip
 
-from cli.client import ApiClient
 from core.config import Settings, load_settings
 from core.imaging import load_model_input
-from tests.support import rss_kb
 from worker.model_cache import predict_padded
+from worker.precision import in_precision, scoring_precision
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The worker's settings this bench passes on from its own environment, as in production.
@@ -69,6 +69,8 @@ WORKER_SETTINGS = (
     "PNEUMOSCAN_WORKER_CONCURRENCY",
     "PNEUMOSCAN_WORKER_POOL",
     "PNEUMOSCAN_MIXED_PRECISION",
+    "PNEUMOSCAN_SCORING_PRECISION",
+    "PNEUMOSCAN_BATCH_WAIT_MS",
     "PNEUMOSCAN_EARLY_INGEST_MB_PER_S",
 )
 
@@ -122,117 +124,19 @@ def measure_naive(model_path: Path, paths: list[Path], database: Path) -> float:
     return rate
 
 
-def study_zip(paths: list[Path], count: int, target: Path) -> Path:
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as bundle:
-        for i in range(count):
-            path = paths[i % len(paths)]
-            bundle.write(path, f"{i // len(paths):02d}/{path.parent.name}/{path.name}")
-    return target
-
-
-class Service:
-    """`pneumoscan api` and `pneumoscan worker` on a temporary home, with an active model."""
-
-    def __init__(self, home: Path, env: dict[str, str], model: Path, port: int) -> None:
-        self.env, self.base = env, f"http://127.0.0.1:{port}"
-        run_cli(["db", "upgrade"], env)
-        run_cli(["models", "import", str(model), "--activate"], env)
-        key = run_cli(["keys", "create", "--name", "bench", "--scope", "submit"], env)
-        self.client = ApiClient(self.base, key)
-        self.http = httpx.Client(
-            base_url=self.base, headers={"Authorization": f"Bearer {key}"}, timeout=600
-        )
-        self.api = start_cli(["api"], env, home / "api.log")
-        self.worker = start_cli(["worker"], env, home / "worker.log")
-        self.rss_total, self.rss_process = 0.0, 0.0
-        self._sampling = True
-        threading.Thread(target=self._sample, daemon=True).start()
-        wait_until_ready(self.base)
-
-    def _sample(self) -> None:
-        while self._sampling:
-            sizes = rss_kb(self.worker.pid).values()
-            total, largest = sum(sizes) / 1024, max(sizes, default=0) / 1024
-            self.rss_total, self.rss_process = (
-                max(self.rss_total, total),
-                max(self.rss_process, largest),
-            )
-            time.sleep(0.25)
-
-    def score(self, archive: Path) -> dict[str, float]:
-        """Seconds from the start of the POST to the first and the last committed result."""
-        started = datetime.now(UTC)
-        job = self.client.submit(archive)  # the real client: `pneumoscan submit` uses it
-        return self._follow(job, started, datetime.now(UTC))
-
-    def score_folder(self, folder: Path) -> dict[str, float]:
-        """The same for a folder on the import volume (the files are read where they are)."""
-        started = datetime.now(UTC)
-        job = self.http.post("/v1/jobs", json={"folder": str(folder)}).raise_for_status().json()
-        return self._follow(job, started, started)
-
-    def _follow(
-        self, job: dict[str, Any], started: datetime, uploaded: datetime
-    ) -> dict[str, float]:
-        from sqlalchemy import create_engine, text
-
-        # Polled as a client would (`pneumoscan submit` every 1 s): the times come from the
-        # database, so polling faster would only add load to the machine being measured.
-        while job["status"] not in ("completed", "failed", "cancelled"):
-            time.sleep(0.5)
-            job = self.http.get(f"/v1/jobs/{job['id']}").json()
-        if job["status"] != "completed" or job["errors"]:
-            raise SystemExit(f"job ended {job['status']} with {job['errors']} errors")
-        engine = create_engine(
-            load_settings(**{"database_url": self.env["PNEUMOSCAN_DATABASE_URL"]}).database_url
-        )
-        with engine.connect() as connection:
-            first, last = connection.execute(
-                text("SELECT min(scored_at), max(scored_at) FROM images WHERE job_id = :id"),
-                {"id": job["id"]},
-            ).one()
-        engine.dispose()
-        first = _aware(first)
-        last = _aware(last)
-        ingested = _aware(job["started_at"])
-        return {
-            "seconds": (last - started).total_seconds(),
-            "first_result_seconds": (first - started).total_seconds(),
-            # The phases overlap when the zip is read while it arrives: the job runs (with
-            # its first rows recorded) before the upload has ended.
-            "upload_seconds": (uploaded - started).total_seconds(),
-            "running_seconds": (ingested - started).total_seconds(),
-            "after_upload_seconds": (last - uploaded).total_seconds(),
-            "images": job["total"],
-        }
-
-    def close(self) -> None:
-        self._sampling = False
-        stop(self.api, self.worker)
-
-
-def import_folder(archive: Path, root: Path) -> Path:
-    """The study's files unpacked under an import root, as a shared volume would hold them."""
-    folder = root / "study"
-    with zipfile.ZipFile(archive) as bundle:
-        bundle.extractall(folder)
-    return folder
-
-
-def _aware(value: Any) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 @dataclass
 class Measured:
     """Every run's raw figures, in the order they were taken."""
 
     decode: list[float] = field(default_factory=list)
     model: list[float] = field(default_factory=list)
+    model_float32: list[float] = field(default_factory=list)
     service: list[dict[str, float]] = field(default_factory=list)
     folder: list[dict[str, float]] = field(default_factory=list)
+    small: list[dict[str, float]] = field(default_factory=list)
+    big: list[dict[str, float]] = field(default_factory=list)
+    stat: list[dict[str, float]] = field(default_factory=list)
+    fill: dict[str, list[float]] = field(default_factory=dict)
     naive: list[float] = field(default_factory=list)
     rss_total_mb: float = 0.0
     rss_process_mb: float = 0.0
@@ -241,7 +145,8 @@ class Measured:
 def measure(
     args: argparse.Namespace, home: Path, env: dict[str, str], settings: Settings
 ) -> Measured:
-    """Decode, model, service and folder in turn, `args.runs` times, then the naive pipeline."""
+    """Decode, model, service, folder, small, big and stat in turn, `args.runs` times, then
+    the naive pipeline."""
     import keras
 
     from training.model import make_model
@@ -257,22 +162,37 @@ def measure(
     archive = study_zip(paths, args.images, home / "study.zip")
     folder = import_folder(archive, Path(env["PNEUMOSCAN_IMPORT_ROOTS"]))
     warm = study_zip(paths, batch * settings.worker_concurrency * 2, home / "warm.zip")
+    singles = [paths[i % len(paths)] for i in range(args.small_jobs)]
+    big = study_zip(paths, args.small_jobs, home / "big.zip")
+    backlog = study_zip(paths, 2000, home / "backlog.zip")
+    precision = scoring_precision(settings.scoring_precision, settings.device)
 
     step("starting api and worker")
     service, measured = Service(home, env, model_path, args.port), Measured()
     try:
         service.score(warm)  # warm: the model loaded and traced in each worker process
         network = keras.models.load_model(model_path, compile=False)
-        predict_padded(network, inputs[:batch], batch)  # trace the one batch shape
+        scoring = in_precision(network, precision)
+        for each in (network, scoring):
+            predict_padded(each, inputs[:batch], batch)  # trace the one batch shape
         # Interleaved, so that each run's figures share the same minutes: this VM's speed
         # drifts by 10-20 % from one minute to the next.
         for run in range(args.runs):
-            step(f"run {run + 1}/{args.runs}: decode, model, service, folder")
+            step(f"run {run + 1}/{args.runs}: decode, model, service, folder, small, big, stat")
             measured.decode.append(measure_decode(sample, decode_threads, size))
-            measured.model.append(measure_model(network, inputs, batch))
-            measured.service.append(service.score(archive))
-            measured.folder.append(service.score_folder(folder))
-        del network
+            measured.model.append(measure_model(scoring, inputs, batch))
+            measured.model_float32.append(measure_model(network, inputs, batch))
+            for name, work in (
+                ("service", lambda: service.score(archive)),
+                ("folder", lambda: service.score_folder(folder)),
+                ("small", lambda: service.score_small(singles)),
+                ("big", lambda: service.score(big)),
+            ):
+                since = datetime.now(UTC)
+                getattr(measured, name).append(work())
+                measured.fill.setdefault(name, []).append(service.fill(since))
+            measured.stat.append(service.stat_behind(backlog, paths[run % len(paths)]))
+        del network, scoring
     finally:
         service.close()
     measured.rss_total_mb, measured.rss_process_mb = service.rss_total, service.rss_process
@@ -313,7 +233,9 @@ def figures_of(measured: Measured, args: argparse.Namespace, settings: Settings)
             "database": "postgresql" if args.database_url else "sqlite",
             "broker": "redis" if args.broker_url else "filesystem",
         },
+        "precision": measured_precision(settings),
         "model": summary(measured.model),
+        "model_float32": summary(measured.model_float32),
         "decode": summary(measured.decode),
         "bound": round(bound, 1),
         "service": summary(service),
@@ -323,6 +245,17 @@ def figures_of(measured: Measured, args: argparse.Namespace, settings: Settings)
         "service_over_bound_per_run": per_run(service),
         "folder_over_bound": round(statistics.median(folder) / bound, 3),
         "folder_over_bound_per_run": per_run(folder),
+        "small_jobs": args.small_jobs,
+        "small": summary(rates(measured.small)),
+        "big": summary(rates(measured.big)),
+        "small_over_big_per_run": [
+            round(s["images"] / s["seconds"] / (b["images"] / b["seconds"]), 3)
+            for s, b in zip(measured.small, measured.big, strict=True)
+        ],
+        "stat_seconds": summary([run["seconds"] for run in measured.stat]),
+        "fill": {
+            name: round(statistics.median(values), 3) for name, values in measured.fill.items()
+        },
         "service_over_naive": round(
             statistics.median(service) / statistics.median(measured.naive), 1
         ),
@@ -350,13 +283,18 @@ def figures_of(measured: Measured, args: argparse.Namespace, settings: Settings)
     }
 
 
+def measured_precision(settings: Settings) -> str:
+    return scoring_precision(settings.scoring_precision, settings.device)
+
+
 def report(figures: dict[str, Any]) -> None:
     print(f"machine           {figures['machine']}")
     print(
         f"images            {figures['images']} (origres repeated), "
         f"batch {figures['settings']['batch_size']}"
     )
-    for name in ("model", "decode", "service", "folder", "naive"):
+    print(f"precision         {figures['precision']} (the service's and `model`'s)")
+    for name in ("model", "model_float32", "decode", "service", "folder", "small", "big", "naive"):
         f = figures[name]
         print(f"{name:17} {f['median']:7.1f} images/s  (min {f['min']}, max {f['max']})")
     print(f"bound             {figures['bound']:7.1f} images/s")
@@ -371,6 +309,18 @@ def report(figures: dict[str, Any]) -> None:
             f"{name + '/bound':17} {figures[f'{name}_over_bound']:7.3f}  (each run against its "
             f"own bound: {', '.join(map(str, figures[f'{name}_over_bound_per_run']))})"
         )
+    small_big = figures["small_over_big_per_run"]
+    print(
+        f"small/big         {statistics.median(small_big):7.3f}  ({figures['small_jobs']} "
+        f"one-image jobs against one job of them; each run: {', '.join(map(str, small_big))})"
+    )
+    stat = figures["stat_seconds"]
+    print(
+        f"stat behind 2000  {stat['median']:7.2f} s from its POST to its result "
+        f"(min {stat['min']}, max {stat['max']})"
+    )
+    fills = ", ".join(f"{name} {value}" for name, value in figures["fill"].items())
+    print(f"pass fill         {fills}")
     print(f"service/naive     {figures['service_over_naive']:7.1f}")
     print(
         f"first result      {figures['first_result_seconds']['median']:7.1f} s after upload began"
@@ -386,6 +336,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--naive-images", type=int, default=100)
+    parser.add_argument("--small-jobs", type=int, default=128)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--broker-url", default="")
     parser.add_argument("--port", type=int, default=8768)

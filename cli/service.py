@@ -30,7 +30,10 @@ def up(cli: CliContext) -> None:
     code = Supervisor(
         {
             "api": Command([*me, "api"]),
-            "worker": Command([*me, "worker", "--queues", "ingest,scoring"]),
+            # Ingest apart from scoring: studies keep arriving in the queue while the passes
+            # run, so the next pass finds them (docs/architecture.md, "Scoring across jobs").
+            "ingester": Command([*me, "worker", "--queues", "ingest"]),
+            "worker": Command([*me, "worker", "--queues", "scoring"]),
             # Training gets its own process, one run at a time, with every core TF wants.
             "trainer": Command(
                 [*me, "worker", "--queues", "training", "--concurrency", "1"], all_cores

@@ -44,17 +44,33 @@ class Stack:
             activate_version(self.db, row.version, self.queue.release_waiting_jobs)
         return row.version
 
-    def submit_zip(self, data: bytes, name: str = "study.zip") -> dict[str, Any]:
+    def client_of(self, owner: str) -> Any:
+        """A test client with a submit key of its own name: another owner's jobs."""
+        return api_client(self.app, scope="submit", name=owner)
+
+    def submit_zip(
+        self, data: bytes, name: str = "study.zip", client: Any = None, priority: str = "routine"
+    ) -> dict[str, Any]:
         import io
 
-        response = self.client.post(
-            "/v1/jobs",
+        response = (client or self.client).post(
+            f"/v1/jobs?priority={priority}",
             data={"archive": (io.BytesIO(data), name)},
             content_type="multipart/form-data",
         )
         assert response.status_code == 202, response.get_json()
         body: dict[str, Any] = response.get_json()
         return body
+
+    def ingest_first(self, job_ids: list[str]) -> None:
+        """An ingest-only worker expands the jobs before any scoring worker runs, so the first
+        pass can choose among all of them."""
+        ingester = WorkerProcess(self.settings, self.tmp_path / "ingest.log", queues="ingest")
+        try:
+            for job_id in job_ids:
+                wait_for(lambda j=job_id: self.job(j)["total"] is not None, 60, "the ingests")
+        finally:
+            ingester.stop()
 
     def job(self, job_id: str) -> dict[str, Any]:
         body: dict[str, Any] = self.client.get(f"/v1/jobs/{job_id}").get_json()

@@ -45,16 +45,28 @@ def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:
         log.debug("TensorFlow was already initialised; thread and GPU settings unchanged")
 
 
+# A pass that is not full is padded to this many images instead of the whole batch: one study
+# then costs an eighth of a full pass, for one more traced shape (docs/performance.md).
+SMALL_PASS = 8
+
+
+def batch_shapes(batch_size: int) -> tuple[int, ...]:
+    """The batch shapes the model is called with: a small one, and the full batch."""
+    return (SMALL_PASS, batch_size) if batch_size > SMALL_PASS else (batch_size,)
+
+
 def predict_padded(network: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """Probabilities for `inputs`, always calling the model with one fixed batch shape.
+    """Probabilities for `inputs`, always calling the model with one of `batch_shapes`.
 
     Every new input shape makes TensorFlow trace the graph again (seconds each), so a short
-    last batch is padded with zeros and the padding's outputs are dropped.
+    batch is padded with zeros to the smallest shape that holds it and the padding's outputs
+    are dropped.
     """
     outputs = []
     for start in range(0, len(inputs), batch_size):
         part = inputs[start : start + batch_size]
-        padded = np.zeros((batch_size, *inputs.shape[1:]), dtype=np.float32)
+        shape = next(size for size in batch_shapes(batch_size) if size >= len(part))
+        padded = np.zeros((shape, *inputs.shape[1:]), dtype=np.float32)
         padded[: len(part)] = part
         predicted = np.asarray(network.predict_on_batch(padded), dtype=np.float64)
         outputs.append(predicted[: len(part), 0])
@@ -133,7 +145,8 @@ def load_network(
     _check_classifier(network, version)
     network = in_precision(network, precision)
     size = version.input_size
-    predict_padded(network, np.zeros((1, size, size, 3), np.float32), batch_size)
+    for shape in batch_shapes(batch_size):  # traced now, not in the first passes
+        predict_padded(network, np.zeros((shape, size, size, 3), np.float32), batch_size)
     return network
 
 

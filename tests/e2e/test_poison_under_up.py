@@ -1,6 +1,6 @@
 """The default threads pool under `pneumoscan up`: an image that kills the whole worker each
-time it is scored costs that image only. `up` restarts the worker, beat's sweep sends the
-lost batches again, a retried batch runs alone, and past the limit its images go one at a
+time it is scored costs that image only. `up` restarts the worker, beat's sweep puts the
+images of the passes that died back in the queue, they run alone, and past the limit one at a
 time until the poison is found and gets an error row."""
 
 import contextlib
@@ -32,8 +32,8 @@ def extra_env() -> dict[str, str]:
         "PNEUMOSCAN_MAX_BATCH_ATTEMPTS": "2",
         # The poison is a slow 121 M-pixel PNG, over the default limit of 50 M.
         "PNEUMOSCAN_MAX_IMAGE_PIXELS": "150000000",
-        # Longer than a worker takes to come back and load the model, so each lost batch is
-        # sent again once, and no second copy starts beside the first.
+        # Longer than a worker takes to come back and load the model, so each pass that died
+        # is released once, and no second copy starts beside the first.
         "PNEUMOSCAN_STALL_SECONDS": "15",
     }
 
@@ -44,7 +44,7 @@ def test_a_poison_image_under_up_with_the_threads_pool_costs_only_itself(
     env, process, log_path = service
     assert pneumoscan(env, "models", "import", str(baseline_model), "--activate").returncode == 0
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as bundle:  # batches: [0, poison], [2, 3], [4]
+    with zipfile.ZipFile(buffer, "w") as bundle:  # passes: [0, poison], [2, 3], [4]
         bundle.writestr("0.jpeg", jpeg_bytes())
         bundle.writestr("1-poison.png", hostile.slow_png(side=11_000))  # decodes for ~0.5 s
         for index in range(2, 5):
@@ -76,10 +76,10 @@ def test_a_poison_image_under_up_with_the_threads_pool_costs_only_itself(
     results = httpx.get(f"{base}/v1/jobs/{job_id}/results", headers=headers).json()["items"]
     by_path = {r["path"]: r for r in results}
     assert len(results) == 5
-    assert "stopped 2 times" in by_path["1-poison.png"]["error"]
+    assert "stopped 4 times" in by_path["1-poison.png"]["error"]
     assert all(r["probability"] is not None for p, r in by_path.items() if p != "1-poison.png")
-    # Two starts of the batch it was in, two of the image alone: four workers died (the
-    # batch beside it died with the first, and was then scored: retries run alone).
+    # Two starts of the pass it was in, two of the image alone: four workers died (a pass
+    # beside it died with the first, and was then scored: suspects run alone).
     assert len(killed) == 4
     assert process.poll() is None  # up restarted the worker each time and is still serving
     assert log_path.read_text().count("worker exited with -9; restarting") == 4

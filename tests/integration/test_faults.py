@@ -51,14 +51,6 @@ def running_passes(stack: Stack) -> list[tuple[int, int, list[int]]]:
     return [(pass_id, pid, ids) for (pass_id, pid), ids in passes.items()]
 
 
-def ingest_both_first(stack: Stack, job_ids: list[str]) -> None:
-    """An ingest-only worker expands the jobs, so the first pass can take images of each."""
-    stack.worker = WorkerProcess(stack.settings, stack.tmp_path / "ingest.log", queues="ingest")
-    for job_id in job_ids:
-        wait_for(lambda j=job_id: stack.job(j)["total"] is not None, 60, "the jobs to be ingested")
-    stack.worker.stop()
-
-
 def exactly_one_result_per_image(stack: Stack, job_id: str, total: int) -> None:
     done = stack.wait_finished(job_id, timeout=300)
     assert (done["status"], done["scored"] + done["errors"], done["total"]) == (
@@ -86,7 +78,7 @@ def test_killing_the_pool_child_scoring_a_pass_loses_and_duplicates_nothing(
             ]: n
             for n in (30, 120)
         }
-        ingest_both_first(stack, list(jobs))
+        stack.ingest_first(list(jobs))
         worker = stack.start_worker()
         # Both jobs were in before the first pass: it takes images of each.
         first = wait_for(lambda: running_passes(stack), 120, "the first pass to start")

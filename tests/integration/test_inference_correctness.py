@@ -44,7 +44,7 @@ def test_draft_decoding_stays_within_tolerance_of_a_full_decode(shared_data: Pat
 def test_padding_never_adds_results_or_changes_the_real_ones(shared_data: Path, network) -> None:  # type: ignore[no-untyped-def]
     paths = sorted((shared_data / "origres").rglob("*.jpeg"))[:70]
     inputs = np.stack([load_model_input(p, 75, 10**9) for p in paths]).astype(np.float32)
-    padded = predict_padded(network, inputs, 64)  # one full batch, then 6 real + 58 padding
+    padded = predict_padded(network, inputs, 64)  # one full batch, then 6 real + 2 padding
     assert padded.shape == (70,)
     # Each real image alone in a batch of its own shape gives the same probability.
     alone = np.array([float(network.predict_on_batch(x[np.newaxis])[0, 0]) for x in inputs[-6:]])
@@ -57,6 +57,8 @@ def test_padding_never_adds_results_or_changes_the_real_ones(shared_data: Path, 
         atol=1e-5,
     )
     assert predict_padded(network, inputs[:0], 64).shape == (0,)
+    # A pass too large for the small shape goes in the full one: the same probabilities.
+    np.testing.assert_allclose(predict_padded(network, inputs[:9], 64), padded[:9], atol=1e-5)
 
 
 def test_two_threads_sharing_one_model_get_the_results_of_one_thread(

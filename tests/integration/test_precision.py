@@ -27,7 +27,8 @@ def test_auto_takes_bfloat16_only_where_the_cpu_has_it(tmp_path: Path) -> None:
     with_bf16, without = tmp_path / "bf16", tmp_path / "plain"
     with_bf16.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
     without.write_text("flags\t\t: fpu sse2 avx2 avx512f\n")
-    assert cpu_has_bfloat16(with_bf16) and not cpu_has_bfloat16(without)
+    assert cpu_has_bfloat16(with_bf16)
+    assert not cpu_has_bfloat16(without)
     assert not cpu_has_bfloat16(tmp_path / "missing")
     assert scoring_precision("auto", "cpu", has_bfloat16=True) == BFLOAT16
     assert scoring_precision("auto", "cpu", has_bfloat16=False) == FLOAT32
