@@ -79,7 +79,8 @@ def ingest_job(
             if claim is None:
                 # Another delivery is expanding this job right now; it will finish the work.
                 return IngestOutcome(job_id, 0, False)
-            if claim.attempt <= settings.max_ingest_attempts and claim.resume_at is None:
+            # A start after one that died drops what that one recorded (the first has none).
+            if 1 < claim.attempt <= settings.max_ingest_attempts and claim.resume_at is None:
                 _forget_partial_ingest(session, job_id)
     if claim is None:
         if stopped_while_away:  # stopped while its ingest had given way to the upload

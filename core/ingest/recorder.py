@@ -74,7 +74,7 @@ class Recorder:
             else:
                 self.images.append(row)
         if len(self.images) >= self.chunk:
-            return self._flush(final=False)
+            return self.flush()
         return True
 
     def go_on(self) -> None:
@@ -93,32 +93,31 @@ class Recorder:
 
     def flush(self) -> bool:
         """Write what is held and release its full batches; False when the job was stopped."""
-        return self._flush(final=False)
+        return self._flush(final=False) is not None
 
     def finish(self) -> IngestOutcome:
-        self._flush(final=True)
-        with self.db.session() as session:
-            job = session.get(Job, self.job_id)
-            if job is None:  # its submission failed while it was being read
-                return IngestOutcome(self.job_id, 0, False, released=True)
-            return IngestOutcome(
-                self.job_id, job.total or 0, job_state.is_scoring(job), released=True
-            )
+        """The last write: the job's total, its state, its last images released."""
+        return self._flush(final=True) or IngestOutcome(self.job_id, 0, False, released=True)
 
-    def _flush(self, final: bool) -> bool:
+    def _flush(self, final: bool) -> IngestOutcome | None:
+        """Write what is held, release full batches (all, when `final`); None when the job
+        is gone, or was stopped while being ingested (cancelled or failed)."""
         with self.db.session() as session:
             job = session.get(Job, self.job_id, with_for_update=True)
             if job is None or job_state.is_finished(job):
-                return False  # cancelled (or failed) while being ingested
+                return None
             self._write(session, job)
             if final:
                 self._close(session, job)
             batches = self._full_batches(session, final) if self.scoring else []
+            outcome = IngestOutcome(
+                self.job_id, job.total or 0, job_state.is_scoring(job), released=True
+            )
         # Enqueued only after the commit, so a worker always finds the rows.
         for image_ids in batches:
             if self.release is not None:
                 self.release(image_ids)
-        return True
+        return outcome
 
     def _write(self, session: Session, job: Job) -> None:
         if self.images:

@@ -10,6 +10,7 @@ from sqlalchemy import insert, select, update
 from core.config import Settings
 from core.db import Database
 from core.jobs import create_job
+from core.migrate import upgrade
 from core.models import (
     Image,
     Job,
@@ -183,14 +184,17 @@ def test_a_stopped_or_waiting_job_gives_no_images(db: Database) -> None:
     assert free_images_left(db) == 0
 
 
-def test_two_passes_claiming_at_once_never_share_an_image(
-    db: Database, backend_settings: Settings
-) -> None:
-    if backend_settings.database_url.startswith("sqlite"):
-        pytest.skip("SQLite has one writer at a time: claims cannot interleave there")
-    add_job(db, "job", 20)
-    with db.session() as first, db.session() as second:
-        one = claim(first, open_pass(first, "w:1", "m1", 8), POLICY)  # not yet committed
-        two = claim(second, open_pass(second, "w:2", "m2", 8), POLICY)
-    assert len(one) == len(two) == 8
-    assert not {i.image_id for i in one} & {i.image_id for i in two}
+def test_two_passes_claiming_at_once_never_share_an_image(postgres_url: str) -> None:
+    """PostgreSQL: the second claim skips what the first holds, uncommitted. (SQLite has one
+    writer at a time, so claims cannot interleave there.)"""
+    upgrade(postgres_url)
+    database = Database(postgres_url)
+    try:
+        add_job(database, "job", 20)
+        with database.session() as first, database.session() as second:
+            one = claim(first, open_pass(first, "w:1", "m1", 8), POLICY)  # not yet committed
+            two = claim(second, open_pass(second, "w:2", "m2", 8), POLICY)
+        assert len(one) == len(two) == 8
+        assert not {i.image_id for i in one} & {i.image_id for i in two}
+    finally:
+        database.dispose()
