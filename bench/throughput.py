@@ -57,7 +57,7 @@ from service import Service, import_folder, study_zip
 from core.config import Settings, load_settings
 from core.imaging import load_model_input
 from worker.model_cache import predict_padded
-from worker.precision import in_precision, scoring_precision
+from worker.precision import load_in_precision, scoring_precision
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The worker's settings this bench passes on from its own environment, as in production.
@@ -172,7 +172,7 @@ def measure(
     try:
         service.score(warm)  # warm: the model loaded and traced in each worker process
         network = keras.models.load_model(model_path, compile=False)
-        scoring = in_precision(network, precision)
+        scoring = load_in_precision(model_path, precision)
         for each in (network, scoring):
             predict_padded(each, inputs[:batch], batch)  # trace the one batch shape
         # Interleaved, so that each run's figures share the same minutes: this VM's speed

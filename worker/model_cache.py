@@ -21,7 +21,7 @@ from core.imaging import Preprocessing
 from core.models import ModelVersion
 from core.registry import ArtifactIntegrityError, verified_artifact
 from core.storage import Storage
-from worker.precision import FLOAT32, in_precision, scoring_precision
+from worker.precision import FLOAT32, load_in_precision, scoring_precision
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +136,11 @@ def load_network(
         path = verified_artifact(storage, version)
     except ArtifactIntegrityError as exc:
         raise ModelLoadError(str(exc)) from exc
-    import keras
-
     try:
-        network = keras.models.load_model(path, compile=False)
+        network = load_in_precision(path, precision)
     except Exception as exc:  # whatever Keras raises, the version cannot serve
         raise ModelLoadError(f"model version {version.version} does not load: {exc}") from exc
     _check_classifier(network, version)
-    network = in_precision(network, precision)
     size = version.input_size
     for shape in batch_shapes(batch_size):  # traced now, not in the first passes
         predict_padded(network, np.zeros((shape, size, size, 3), np.float32), batch_size)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ log = logging.getLogger(__name__)
 
 FLOAT32, BFLOAT16, AS_TRAINED = "float32", "bfloat16", "as trained"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+WEIGHTS_FILE = "model.weights.h5"  # inside a .keras archive (Keras 3)
 # Dense layers stay float32: a head sums 1536 features, and bfloat16's 8-bit mantissa moved
 # probabilities near the threshold (docs/performance.md); they cost little of the pass.
 FLOAT32_LAYERS = ("Dense",)
@@ -42,19 +45,21 @@ def scoring_precision(setting: str, device: str, has_bfloat16: bool | None = Non
     return BFLOAT16 if native else FLOAT32
 
 
-def in_precision(network: Any, precision: str) -> Any:
-    """`network` itself for float32 or as trained; for bfloat16, the same architecture rebuilt
-    under `mixed_bfloat16` (every layer but the Dense head) with the same weights."""
-    if precision != BFLOAT16:
-        return network
+def load_in_precision(path: Path, precision: str) -> Any:
+    """A saved model, in `precision`. For bfloat16 it is built from the archive's config with
+    the policies set and its weights read once: loading the float32 model and rebuilding it
+    would hold two copies of 220 MB of weights, and the process keeps the peak."""
     import keras
 
-    config = json.loads(network.to_json())
-    changed = _to_bfloat16(config)
-    rebuilt = keras.models.model_from_json(json.dumps(config))
-    rebuilt.set_weights(network.get_weights())
-    log.info("scoring in bfloat16: %d layers rebuilt under mixed_bfloat16", changed)
-    return rebuilt
+    if precision != BFLOAT16:
+        return keras.models.load_model(path, compile=False)
+    with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as scratch:
+        config = json.loads(archive.read("config.json"))
+        changed = _to_bfloat16(config)
+        network = keras.saving.deserialize_keras_object(config)
+        network.load_weights(archive.extract(WEIGHTS_FILE, scratch))
+    log.info("scoring in bfloat16: %d layers built under mixed_bfloat16", changed)
+    return network
 
 
 def _to_bfloat16(node: Any) -> int:

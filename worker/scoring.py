@@ -79,11 +79,12 @@ def run_pass(context: WorkerContext, task_id: str | None) -> PassReport:
             back = release_passes(session, dead)
             log.warning("passes %s died with their worker: %d images back in the queue", dead, back)
         model = active_version(session)
-        if model is None:
-            _park_waiting(context, WAITING_FOR_MODEL)
-            return PassReport()
         policy = policy_of(context.settings)
-        _give_up_on_worn_out(session, model, policy)
+        if model is not None:
+            _give_up_on_worn_out(session, model, policy)
+    if model is None:
+        _park_waiting(context, WAITING_FOR_MODEL)
+        return PassReport()
     try:
         loaded = context.models.get(model)
     except ModelLoadError as exc:

@@ -10,6 +10,7 @@ from core.models import Image, PassOutcome, ScoringPass
 from tests.images import jpeg_bytes
 from tests.stack import Stack
 from tests.support import zip_bytes
+from worker.precision import scoring_precision
 
 
 def study(images: int) -> bytes:
@@ -38,6 +39,7 @@ def test_a_study_and_another_owners_large_job_share_their_passes(
         first = session.get(ScoringPass, shared)
         assert first is not None
         assert (first.images, first.jobs, first.outcome) == (64, 2, PassOutcome.SCORED)
+        assert first.precision == scoring_precision("auto", "cpu")  # as the CPU allows
         # 101 images in two passes: the second holds the rest of the large job.
         assert session.scalar(select(func.count()).select_from(ScoringPass)) == 2
 
