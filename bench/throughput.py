@@ -252,6 +252,8 @@ def figures_of(measured: Measured, args: argparse.Namespace, settings: Settings)
             round(s["images"] / s["seconds"] / (b["images"] / b["seconds"]), 3)
             for s, b in zip(measured.small, measured.big, strict=True)
         ],
+        "small_posts_seconds": summary([run["posts_seconds"] for run in measured.small]),
+        "big_seconds": summary([run["seconds"] for run in measured.big]),
         "stat_seconds": summary([run["seconds"] for run in measured.stat]),
         "fill": {
             name: round(statistics.median(values), 3) for name, values in measured.fill.items()
@@ -313,6 +315,10 @@ def report(figures: dict[str, Any]) -> None:
     print(
         f"small/big         {statistics.median(small_big):7.3f}  ({figures['small_jobs']} "
         f"one-image jobs against one job of them; each run: {', '.join(map(str, small_big))})"
+    )
+    print(
+        f"small's POSTs     {figures['small_posts_seconds']['median']:7.2f} s for the API to take "
+        f"them in; big took {figures['big_seconds']['median']} s from its POST to its last result"
     )
     stat = figures["stat_seconds"]
     print(

@@ -304,6 +304,13 @@ def stale_passes(session: Session, cutoff: datetime) -> list[int]:
     )
 
 
+def anything_waiting(session: Session) -> bool:
+    """Whether any image of a running job waits for a pass: most wake-ups sent for small
+    studies find their images already taken, and end on this one query."""
+    free = select(Image.id).join(Job, Job.id == Image.job_id).where(*_free(), *_scoring()).limit(1)
+    return session.scalar(free) is not None
+
+
 def jobs_with_free_images(session: Session) -> list[str]:
     return list(
         session.scalars(

@@ -30,6 +30,7 @@ from core.results import ImageResult, record_results
 from core.scoring_queue import (
     ImageToScore,
     QueuePolicy,
+    anything_waiting,
     claim,
     finish_pass,
     jobs_with_free_images,
@@ -78,6 +79,8 @@ def run_pass(context: WorkerContext, task_id: str | None) -> PassReport:
         if task_id and (dead := passes_of_message(session, task_id)):
             back = release_passes(session, dead)
             log.warning("passes %s died with their worker: %d images back in the queue", dead, back)
+        if not anything_waiting(session):
+            return PassReport()
         model = active_version(session)
         policy = policy_of(context.settings)
         if model is not None:
