@@ -7,6 +7,8 @@ counted. Released again (by the message delivered anew, or by the sweep), they a
 they go into passes of their own, run alone, and one at a time once they died
 `split_after` times, until the image that kills its worker is found.
 
+A pass's own life (opened, finished, released when it died) is core/passes.py.
+
 Order of a pass: suspects first; then stat images (routine ones count as stat once older than
 `max_wait`) ahead of routine; within a priority, owners take turns one image at a time (round
 robin), each owner's jobs in order of submission.
@@ -21,7 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, case, exists, func, or_, select, union_all, update
 from sqlalchemy.orm import Session
 
-from core.models import Image, Job, JobStatus, PassOutcome, Priority, ScoringPass, utcnow
+from core.models import Image, Job, JobStatus, Priority, ScoringPass, utcnow
 from core.storage import Span, span_of
 
 STAT_LEVEL, ROUTINE_LEVEL = 0, 1
@@ -81,13 +83,6 @@ def quotas(jobs: Sequence[JobWork], room: int) -> dict[str, int]:
                 if not line:
                     del lines[owner]
     return taken
-
-
-def open_pass(session: Session, worker: str, task_id: str | None, capacity: int) -> ScoringPass:
-    scoring_pass = ScoringPass(task_id=task_id, worker=worker, capacity=capacity)
-    session.add(scoring_pass)
-    session.flush()
-    return scoring_pass
 
 
 def claim(
@@ -245,63 +240,6 @@ def _take(session: Session, scoring_pass: ScoringPass, ids: Sequence[int]) -> li
     )
     scoring_pass.images += len(claimed)
     return claimed
-
-
-def finish_pass(
-    session: Session, pass_id: int, jobs: int, model_version_id: int, precision: str
-) -> None:
-    session.execute(
-        update(ScoringPass)
-        .where(ScoringPass.id == pass_id)
-        .values(
-            outcome=PassOutcome.SCORED,
-            finished_at=utcnow(),
-            jobs=jobs,
-            model_version_id=model_version_id,
-            precision=precision,
-        )
-    )
-
-
-def release_passes(session: Session, pass_ids: Sequence[int]) -> int:
-    """Passes that will not finish: their unscored images go back to the queue, their starts
-    kept (they are suspects now). Returns how many images went back."""
-    if not pass_ids:
-        return 0
-    released = session.execute(
-        update(Image)
-        .where(Image.pass_id.in_(pass_ids), Image.scored_at.is_(None))
-        .values(pass_id=None)
-        .execution_options(synchronize_session=False)
-    )
-    session.execute(
-        update(ScoringPass)
-        .where(ScoringPass.id.in_(pass_ids), ScoringPass.outcome == PassOutcome.RUNNING)
-        .values(outcome=PassOutcome.DIED, finished_at=utcnow())
-    )
-    return int(released.rowcount)  # type: ignore[attr-defined]
-
-
-def passes_of_message(session: Session, task_id: str) -> list[int]:
-    """Unfinished passes an earlier delivery of this message began: its worker died in them."""
-    return list(
-        session.scalars(
-            select(ScoringPass.id).where(
-                ScoringPass.task_id == task_id, ScoringPass.outcome == PassOutcome.RUNNING
-            )
-        )
-    )
-
-
-def stale_passes(session: Session, cutoff: datetime) -> list[int]:
-    """Unfinished passes begun before `cutoff`: a worker killed outright never says so."""
-    return list(
-        session.scalars(
-            select(ScoringPass.id).where(
-                ScoringPass.outcome == PassOutcome.RUNNING, ScoringPass.started_at < cutoff
-            )
-        )
-    )
 
 
 def anything_waiting(session: Session) -> bool:

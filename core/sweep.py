@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from core.intake.growing_file import PART_SUFFIX, writer_holds
 from core.job_state import UNFINISHED_STATUSES
 from core.models import Image, Job, JobStatus, utcnow
-from core.scoring_queue import release_passes, stale_passes
+from core.passes import release_passes, stale_passes
 from core.storage import Storage
 
 

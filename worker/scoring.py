@@ -25,6 +25,7 @@ from core.config import Settings
 from core.imaging import ImageSource, decode_batch
 from core.job_state import WAITING_FOR_MODEL, park_for_model
 from core.models import ModelVersion, ScoringPass
+from core.passes import finish_pass, open_pass, passes_of_message, release_passes
 from core.registry import active_version
 from core.results import ImageResult, record_results
 from core.scoring_queue import (
@@ -32,11 +33,7 @@ from core.scoring_queue import (
     QueuePolicy,
     anything_waiting,
     claim,
-    finish_pass,
     jobs_with_free_images,
-    open_pass,
-    passes_of_message,
-    release_passes,
     worn_out,
 )
 from core.storage import Storage

@@ -21,15 +21,8 @@ from core.models import (
     SourceKind,
     utcnow,
 )
-from core.scoring_queue import (
-    QueuePolicy,
-    claim,
-    free_images,
-    open_pass,
-    passes_of_message,
-    release_passes,
-    stale_passes,
-)
+from core.passes import open_pass, passes_of_message, release_passes, stale_passes
+from core.scoring_queue import QueuePolicy, claim, free_images
 
 POLICY = QueuePolicy(capacity=8, max_wait=timedelta(minutes=10), split_after=2)
 
