@@ -191,3 +191,21 @@ def test_two_passes_claiming_at_once_never_share_an_image(postgres_url: str) -> 
         assert not {i.image_id for i in one} & {i.image_id for i in two}
     finally:
         database.dispose()
+
+
+def test_a_wake_up_with_no_active_model_parks_the_jobs_whose_images_wait(
+    db: Database, backend_settings: Settings
+) -> None:
+    """The worker's side: nothing is claimed, and the jobs wait for a model with the reason."""
+    from worker.context import WorkerContext
+    from worker.scoring import run_pass
+
+    add_job(db, "job", 3)
+    report = run_pass(WorkerContext(backend_settings), "m1")
+    assert report.images == 0
+    with db.session() as session:
+        job = session.get(Job, "job")
+        assert job is not None
+        assert (job.status, job.waiting_for_model) == (JobStatus.QUEUED, True)
+        assert "waiting for an active model" in (job.status_detail or "")
+        assert session.scalar(select(ScoringPass.id)) is None
