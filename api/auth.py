@@ -1,4 +1,5 @@
-"""Bearer API keys on every /v1 endpoint; the role each endpoint needs (core/keys.py ROLES
+"""Bearer API keys on every /v1 endpoint (or a reading-room session cookie, with its CSRF
+token on anything that changes state); the role each endpoint needs (core/keys.py ROLES
 says which scopes hold it: read < submit < admin, and review, which labels, beside submit)."""
 
 from __future__ import annotations
@@ -10,9 +11,20 @@ from flask import current_app
 
 from api.context import api_context
 from api.errors import api_error, render_error
+from api.ui.sessions import api_caller_by_cookie
 from core.keys import Principal, authenticate
 
-auth = HTTPTokenAuth(
+
+class KeyOrSession(HTTPTokenAuth):
+    """A Bearer key; failing that, a reading-room session cookie (api/ui/sessions.py)."""
+
+    def authenticate(self, auth: Any, stored_password: Any) -> Any:
+        if getattr(auth, "token", None):
+            return super().authenticate(auth, stored_password)
+        return api_caller_by_cookie()
+
+
+auth = KeyOrSession(
     scheme="Bearer",
     description="An API key from `pneumoscan keys create --name N "
     "--scope read|submit|review|admin`.",

@@ -1,18 +1,19 @@
-"""/v1/models: registered versions with their metrics; promote or roll back."""
+"""/v1/models: registered versions with their metrics and plots; promote or roll back."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from apiflask import APIBlueprint, APIFlask
-from flask import current_app
+from flask import current_app, send_file
 
 from api.auth import ADMIN, READ, auth
 from api.context import api_context
+from api.errors import api_error
 from api.schemas import ActivatedModelOut, ModelsOut
 from core.activation import activate_version
 from core.models import ModelVersion
-from core.registry import list_versions
+from core.registry import get_version, list_versions
 
 bp = APIBlueprint("models", __name__, url_prefix="/v1", tag="Models")
 
@@ -44,6 +45,31 @@ def activate_model(version: str) -> dict[str, Any]:
     """Make this version the active one (promote a candidate, or roll back)."""
     context = api_context(current_app)
     return model_out(activate_version(context.db, version, context.queue.release_waiting_jobs))
+
+
+PLOTS = ("roc", "confusion_matrix", "reliability", "training_curves")
+PLOT_RESPONSES: dict[int | str, Any] = {
+    200: {"description": "The plot", "content": {"image/png": {}}},
+    404: {
+        "description": "No such version or plot (`training_curves` exists only for "
+        "versions trained here)"
+    },
+}
+
+
+@bp.get("/models/<version>/plots/<name>.png")
+@bp.auth_required(auth, roles=READ)
+@bp.doc(responses=PLOT_RESPONSES)
+def model_plot(version: str, name: str) -> Any:
+    """One of the version's evaluation pictures: `roc`, `confusion_matrix`, `reliability`,
+    `training_curves`."""
+    context = api_context(current_app)
+    with context.db.session() as session:
+        get_version(session, version)
+    path = context.storage.model_dir(version) / f"{name}.png"
+    if name not in PLOTS or not path.is_file():
+        raise api_error(404, f"model version {version} has no plot {name!r}", "no_plot")
+    return send_file(path, mimetype="image/png", max_age=3600)
 
 
 def model_out(row: ModelVersion) -> dict[str, Any]:

@@ -1,30 +1,38 @@
-"""A job's results (a page as JSON, or all as CSV) and rejected entries; and
-/v1/results/<id>/label, where a radiologist confirms (or corrects) a result's label."""
+"""A job's results (a page as JSON, or all as CSV) and rejected entries;
+/v1/results/<id>/label, where a radiologist confirms (or corrects) a result's label; and the
+pictures of a result: its image and its heatmap."""
 
 from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from apiflask import APIBlueprint, APIFlask
-from flask import Response, current_app, stream_with_context
+from flask import Response, current_app, send_file, stream_with_context
 
 from api.auth import READ, REVIEW, auth, caller
 from api.context import ApiContext, api_context
+from api.errors import api_error
 from api.pagination import pagination
 from api.schemas import (
+    HeatmapPendingOut,
     LabelIn,
     LabelOut,
+    PreviewQuery,
     RejectedListOut,
     RejectedQuery,
     ResultsPageOut,
     ResultsQuery,
 )
+from core.imaging import ImageDecodeError
 from core.jobs import get_job, rejected_page
 from core.labels import set_label
 from core.models import DICOM_COLUMNS
+from core.previews import NotScoredError, preview, preview_size, stored_image
 from core.results import iter_results, results_page
 
 bp = APIBlueprint("results", __name__, url_prefix="/v1", tag="Results")
@@ -158,3 +166,88 @@ def put_label(result_id: int, json_data: dict[str, Any]) -> dict[str, Any]:
             "labelled_by": label.labelled_by,
             "labelled_at": label.labelled_at,
         }
+
+
+IMAGE_RESPONSES: dict[int | str, Any] = {
+    200: {"description": "The image as a JPEG", "content": {"image/jpeg": {}}},
+    404: {"description": "No such result"},
+    422: {"description": "The stored image cannot be decoded"},
+}
+
+
+@bp.get("/results/<int(max=9223372036854775807):result_id>/image")
+@bp.auth_required(auth, roles=READ)
+@bp.input(PreviewQuery, location="query")
+@bp.doc(responses=IMAGE_RESPONSES)
+def result_image(result_id: int, query_data: dict[str, Any]) -> Any:
+    """A preview of the stored, de-identified image (DICOM windowed as scoring reads it),
+    made on first request and kept with the job's files."""
+    context = api_context(current_app)
+    with context.db.session() as session:
+        image = stored_image(session, context.storage, result_id, caller().owner_filter)
+    try:
+        path = preview(
+            context.storage,
+            image,
+            preview_size(query_data["size"]),
+            context.settings.max_image_pixels,
+        )
+    except ImageDecodeError as exc:
+        raise api_error(422, f"the stored image cannot be shown: {exc}", "undecodable") from exc
+    return _private_file(path, "image/jpeg")
+
+
+HEATMAP_RESPONSES: dict[int | str, Any] = {
+    200: {
+        "description": "The heatmap, a transparent PNG laid over the image",
+        "content": {"image/png": {}},
+    },
+    202: {"description": "Being made: ask again after `Retry-After` seconds"},
+    404: {"description": "No such result"},
+    409: {"description": "The image has no score, or its model version's artifact was pruned"},
+    422: {"description": "No heatmap can be made for it (the reason is given)"},
+    503: {"description": "The queue is unavailable"},
+}
+HEATMAP_RETRY_SECONDS = 2
+# A request for a heatmap is sent again only if it has not come within this long.
+HEATMAP_ASK_AGAIN_SECONDS = 120
+
+
+@bp.get("/results/<int(max=9223372036854775807):result_id>/heatmap")
+@bp.auth_required(auth, roles=READ)
+@bp.output(HeatmapPendingOut, status_code=202)
+@bp.doc(responses=HEATMAP_RESPONSES)
+def result_heatmap(result_id: int) -> Any:
+    """Where the model looked (Grad-CAM), made by a worker with the version that scored the
+    image: `202` with `Retry-After` until it exists, then the PNG."""
+    context = api_context(current_app)
+    with context.db.session() as session:
+        image = stored_image(session, context.storage, result_id, caller().owner_filter)
+    path = context.storage.heatmap(image.job_id, image.id)
+    if path.is_file():
+        return _private_file(path, "image/png")
+    failed = path.with_suffix(".error")
+    if failed.is_file():
+        raise api_error(422, failed.read_text(), "no_heatmap")
+    if image.probability is None:
+        raise NotScoredError(f"result {result_id} has no score to explain")
+    if not image.artifact_available:
+        raise api_error(409, f"model version {image.model_version} was pruned", "artifact_deleted")
+    asked = path.with_suffix(".requested")
+    if not asked.exists() or time.time() - asked.stat().st_mtime > HEATMAP_ASK_AGAIN_SECONDS:
+        context.queue.heatmap(image.id)
+        asked.parent.mkdir(parents=True, exist_ok=True)
+        asked.touch()
+    return (
+        {"status": "pending", "retry_after": HEATMAP_RETRY_SECONDS},
+        202,
+        {"Retry-After": str(HEATMAP_RETRY_SECONDS)},
+    )
+
+
+def _private_file(path: Path, mimetype: str) -> Response:
+    """A picture of a patient's image: the browser may keep it, shared caches may not."""
+    response = send_file(path, mimetype=mimetype, conditional=True, max_age=3600)
+    response.cache_control.private = True
+    response.cache_control.public = False
+    return response

@@ -235,6 +235,22 @@ class ModelsOut(Schema):
     items = List(Nested(ModelOut))
 
 
+class PreviewQuery(Schema):
+    size = Integer(
+        load_default=512,
+        validate=Range(min=16, max=1024),
+        metadata={
+            "description": "Longest side wanted, in pixels; served at the next of "
+            "128, 256, 512, 1024 at or above it."
+        },
+    )
+
+
+class HeatmapPendingOut(Schema):
+    status = String(metadata={"description": "`pending`: a worker is making it"})
+    retry_after = Integer(metadata={"description": "Seconds to wait before asking again"})
+
+
 class LabelIn(Schema):
     label = String(required=True, validate=OneOf(["NORMAL", "PNEUMONIA"]))
 

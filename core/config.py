@@ -158,6 +158,14 @@ class Settings(TrainingSettings):
     keep_inactive_models: int = Field(
         3, ge=0, description="Artifacts kept of versions that are not active."
     )
+    secret_key: str = Field(
+        "",
+        description="Signs the reading room's cookies; default: made once and kept in "
+        "storage_dir/.secret-key (every API process reads the same).",
+    )
+    ui_session_hours: float = Field(
+        12.0, gt=0, description="How long a reading-room sign-in lasts."
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     api_workers: int = Field(2, ge=1)

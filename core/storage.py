@@ -37,6 +37,7 @@ class Storage:
     uploads/<job>/files/               the images ingest keeps, under generated names
     uploads/<job>/files/upload.zip     a fast raw zip kept as it came (blanked at the end),
                    upload.zip.unblanked  while it may still hold bytes that must go
+    uploads/<job>/derived/             previews and heatmaps of its images, made on demand
     uploads/.incoming/                 a multipart body while it arrives
     upload-slots/                      the per-name upload cap's lock files
     models/<version>/, models/.staging/
@@ -72,6 +73,18 @@ class Storage:
     def job_files_dir(self, job_id: str) -> Path:
         """Where a job's images are written, under generated names (never the member names)."""
         return self.job_dir(job_id) / "files"
+
+    def derived_dir(self, job_id: str) -> Path:
+        """Pictures made from a job's images for the reading room: they go with the job."""
+        return self.job_dir(job_id) / "derived"
+
+    def preview(self, job_id: str, image_id: int, size: int) -> Path:
+        return self.derived_dir(job_id) / f"{image_id}.{size}.jpg"
+
+    def heatmap(self, job_id: str, image_id: int) -> Path:
+        """The heatmap PNG; `.error` beside it says why there is none, `.requested` when it
+        was last asked of a worker."""
+        return self.derived_dir(job_id) / f"{image_id}.heatmap.png"
 
     def kept_upload(self, job_id: str) -> Path:
         """A fast raw zip whose stored images are read where they lie in it."""

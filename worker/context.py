@@ -13,6 +13,7 @@ from core.config import Settings
 from core.db import Database
 from core.imaging import configure_pillow
 from core.storage import Storage
+from worker.heatmaps import Explainer
 from worker.model_cache import ActiveModelCache
 
 
@@ -28,6 +29,7 @@ class WorkerContext:
         self._models: ActiveModelCache | None = None
         self._decode_pool: ThreadPoolExecutor | None = None
         self._retries: RetryGate | None = None
+        self._explainer: Explainer | None = None
 
     @property
     def db(self) -> Database:
@@ -59,6 +61,14 @@ class WorkerContext:
             self._retries = RetryGate()
         return self._retries
 
+    @property
+    def explainer(self) -> Explainer:
+        """The heatmaps' own network (worker/heatmaps.py), loaded on the first heatmap."""
+        self._reset_after_fork()
+        if self._explainer is None:
+            self._explainer = Explainer(self.storage)
+        return self._explainer
+
     def _reset_after_fork(self) -> None:
         # A forked child must not share its parent's connections, threads or model.
         if self._pid != os.getpid():
@@ -67,6 +77,7 @@ class WorkerContext:
             self._models = None
             self._decode_pool = None
             self._retries = None
+            self._explainer = None
 
 
 class RetryGate:

@@ -173,6 +173,18 @@ def schedule_retraining(self: Task, force: bool = False) -> None:
 
 
 @shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
+def make_heatmap(self: Task, image_id: int) -> None:
+    """The Grad-CAM heatmap of one scored image, with the version that scored it."""
+    from worker.heatmaps import make_heatmap as make
+
+    context = context_of(self.app)
+    try:
+        make(context.db, context.storage, context.settings, context.explainer, image_id)
+    except DomainError as exc:  # the image (or its job) was deleted meanwhile
+        log.info("no heatmap for image %s: %s", image_id, exc)
+
+
+@shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
 def sweep(self: Task) -> None:
     """Beat's safety net: start jobs waiting for a model, send again the work of jobs that
     stopped moving (a lost message, a dead worker), remove uploads nobody will finish."""

@@ -12,7 +12,13 @@ import logging
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from core.broker.routing import INGEST_JOB, RELEASE_WAITING_JOBS, TRAIN_MODEL, celery_config
+from core.broker.routing import (
+    INGEST_JOB,
+    MAKE_HEATMAP,
+    RELEASE_WAITING_JOBS,
+    TRAIN_MODEL,
+    celery_config,
+)
 from core.config import Settings
 from core.errors import UnavailableError
 
@@ -24,7 +30,8 @@ class QueueUnavailableError(UnavailableError):
 
 
 class TaskQueue:
-    """Sends ingest, training and release messages; built once per process, connects lazily."""
+    """Sends ingest, training, heatmap and release messages; built once per process,
+    connects lazily."""
 
     def __init__(self, settings: Settings) -> None:
         self._app = Celery("pneumoscan", set_as_current=False)
@@ -35,6 +42,9 @@ class TaskQueue:
 
     def train(self, run_id: int) -> None:
         self._send(TRAIN_MODEL, run_id)
+
+    def heatmap(self, image_id: int) -> None:
+        self._send(MAKE_HEATMAP, image_id)
 
     def release_waiting_jobs(self) -> None:
         self._send(RELEASE_WAITING_JOBS)

@@ -23,6 +23,7 @@ RELEASE_WAITING_JOBS = "worker.tasks.release_waiting_jobs"
 TRAIN_MODEL = "worker.tasks.train_model"
 SCHEDULE_RETRAINING = "worker.tasks.schedule_retraining"
 SWEEP = "worker.tasks.sweep"
+MAKE_HEATMAP = "worker.tasks.make_heatmap"
 
 TASK_ROUTES = {
     INGEST_JOB: {"queue": INGEST_QUEUE},
@@ -30,6 +31,8 @@ TASK_ROUTES = {
     SWEEP: {"queue": INGEST_QUEUE},
     SCORE_PASS: {"queue": SCORING_QUEUE},
     SCORE_BATCH: {"queue": SCORING_QUEUE},
+    # Scoring workers have TensorFlow; a heatmap is one image's forward and backward pass.
+    MAKE_HEATMAP: {"queue": SCORING_QUEUE},
     SCHEDULE_RETRAINING: {"queue": INGEST_QUEUE},
     TRAIN_MODEL: {"queue": TRAINING_QUEUE},
 }

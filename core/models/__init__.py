@@ -15,6 +15,7 @@ from core.models.jobs import (
 from core.models.model_versions import ModelStatus, ModelVersion
 from core.models.passes import PassOutcome, ScoringPass
 from core.models.training import Label, RunStatus, TrainingRun
+from core.models.ui_sessions import UiSession
 
 __all__ = [
     "DICOM_COLUMNS",
@@ -34,5 +35,6 @@ __all__ = [
     "ScoringPass",
     "SourceKind",
     "TrainingRun",
+    "UiSession",
     "utcnow",
 ]

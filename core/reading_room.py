@@ -1,0 +1,216 @@
+"""What the reading room shows: a job's images ranked by probability, filtered and paged,
+one image with its neighbours in that ranking, and the counts behind the filters.
+
+The ranking is highest probability first, unscored and failed images last. A job with DICOM
+studies is ranked by study: the study whose most suspicious image is highest comes first, its
+images together. Paging uses the `(job_id, probability)` index, so a page of a 20,000-image job
+costs the same as the first (docs/performance.md, "The reading room").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy.orm import Session
+
+from core.errors import NotFoundError
+from core.jobs import Page, get_job
+from core.models import Image, Job, Label, ModelVersion
+from core.results import NORMAL, PNEUMONIA
+
+
+class Show(StrEnum):
+    """Which of a job's images a page lists."""
+
+    ALL = "all"
+    PNEUMONIA = "pneumonia"
+    NORMAL = "normal"
+    ERRORS = "errors"
+    UNCONFIRMED = "unconfirmed"
+
+
+@dataclass(frozen=True)
+class RankedImage:
+    id: int
+    path: str
+    probability: float | None
+    label: str | None
+    error: str | None
+    confirmed_label: str | None
+    study_uid: str | None
+    view_position: str | None
+
+
+@dataclass(frozen=True)
+class ImageDetail:
+    id: int
+    job_id: str
+    path: str
+    format: str
+    probability: float | None
+    label: str | None
+    threshold: float | None
+    model_version: str | None
+    error: str | None
+    scored_at: datetime | None
+    confirmed_label: str | None
+    labelled_by: str | None
+    labelled_at: datetime | None
+    study_uid: str | None
+    series_uid: str | None
+    view_position: str | None
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Where an image stands in its job's ranking (1-based) and the images either side."""
+
+    position: int
+    total: int
+    previous_id: int | None
+    next_id: int | None
+
+
+class ResultNotFoundError(NotFoundError):
+    code = "result_not_found"
+
+
+def _where(job_id: str, show: Show) -> list[Any]:
+    conditions: list[Any] = [Image.job_id == job_id]
+    if show == Show.PNEUMONIA:
+        conditions.append(Image.label == PNEUMONIA)
+    elif show == Show.NORMAL:
+        conditions.append(Image.label == NORMAL)
+    elif show == Show.ERRORS:
+        conditions.append(Image.error.is_not(None))
+    elif show == Show.UNCONFIRMED:
+        conditions += [Image.probability.is_not(None), Label.id.is_(None)]
+    return conditions
+
+
+def has_studies(session: Session, job_id: str) -> bool:
+    """Whether any image of the job came from a DICOM study."""
+    found = session.scalar(
+        select(Image.id).where(Image.job_id == job_id, Image.study_uid.is_not(None)).limit(1)
+    )
+    return found is not None
+
+
+def _ordering(by_study: bool) -> list[Any]:
+    ranked = [Image.probability.desc().nulls_last(), Image.id]
+    if not by_study:
+        return ranked
+    study_top = func.max(Image.probability).over(partition_by=Image.study_uid)
+    return [study_top.desc().nulls_last(), Image.study_uid, *ranked]
+
+
+def _ranked(job_id: str, show: Show, by_study: bool) -> Select:
+    return (
+        select(
+            Image.id,
+            Image.relative_path,
+            Image.probability,
+            Image.label,
+            Image.error,
+            Label.label.label("confirmed_label"),
+            Image.study_uid,
+            Image.view_position,
+        )
+        .outerjoin(Label, Label.image_id == Image.id)
+        .where(*_where(job_id, show))
+    )
+
+
+def ranked_page(
+    session: Session,
+    job_id: str,
+    show: Show,
+    page: int,
+    per_page: int,
+    owner: str | None = None,
+) -> Page:
+    """A page of the job's images (those `show` selects), in ranking order."""
+    get_job(session, job_id, owner)
+    by_study = has_studies(session, job_id)
+    query = _ranked(job_id, show, by_study)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.execute(
+        query.order_by(*_ordering(by_study)).offset((page - 1) * per_page).limit(per_page)
+    )
+    return Page([RankedImage(*row) for row in rows], total, page, per_page)
+
+
+def counts(session: Session, job_id: str) -> dict[Show, int]:
+    """How many images each filter shows."""
+    confirmed = Label.id.is_not(None)
+    row = session.execute(
+        select(
+            func.count(),
+            func.count(case((Image.label == PNEUMONIA, 1))),
+            func.count(case((Image.label == NORMAL, 1))),
+            func.count(case((Image.error.is_not(None), 1))),
+            func.count(case((and_(Image.probability.is_not(None), ~confirmed), 1))),
+        )
+        .select_from(Image)
+        .outerjoin(Label, Label.image_id == Image.id)
+        .where(Image.job_id == job_id)
+    ).one()
+    return dict(zip(Show, row, strict=True))
+
+
+def image_detail(session: Session, image_id: int, owner: str | None = None) -> ImageDetail:
+    """One image with its result and confirmed label; another owner's is "not found"."""
+    row = session.execute(
+        select(
+            Image.id,
+            Image.job_id,
+            Image.relative_path,
+            Image.format,
+            Image.probability,
+            Image.label,
+            Image.threshold,
+            ModelVersion.version,
+            Image.error,
+            Image.scored_at,
+            Label.label,
+            Label.labelled_by,
+            Label.labelled_at,
+            Image.study_uid,
+            Image.series_uid,
+            Image.view_position,
+        )
+        .join(Job, Job.id == Image.job_id)
+        .outerjoin(ModelVersion, ModelVersion.id == Image.model_version_id)
+        .outerjoin(Label, Label.image_id == Image.id)
+        .where(Image.id == image_id, *([Job.owner == owner] if owner is not None else []))
+    ).first()
+    if row is None:
+        raise ResultNotFoundError(f"no result {image_id}")
+    values: tuple[Any, ...] = tuple(row)
+    return ImageDetail(*values)
+
+
+def neighbours(session: Session, job_id: str, image_id: int, show: Show) -> Neighbours | None:
+    """The image's place in the ranking `show` selects, or None when it is not among them."""
+    by_study = has_studies(session, job_id)
+    numbered = (
+        _ranked(job_id, show, by_study)
+        .add_columns(func.row_number().over(order_by=_ordering(by_study)).label("position"))
+        .subquery()
+    )
+    position = session.scalar(select(numbered.c.position).where(numbered.c.id == image_id))
+    if position is None:
+        return None
+    around = dict(
+        session.execute(
+            select(numbered.c.position, numbered.c.id).where(
+                numbered.c.position.in_([position - 1, position + 1])
+            )
+        ).all()
+    )
+    total = session.scalar(select(func.count()).select_from(numbered)) or 0
+    return Neighbours(position, total, around.get(position - 1), around.get(position + 1))
