@@ -9,12 +9,12 @@ costs the same as the first (docs/performance.md, "The reading room").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy import Subquery, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from core.errors import NotFoundError
@@ -100,29 +100,40 @@ def has_studies(session: Session, job_id: str) -> bool:
     return found is not None
 
 
-def _ordering(by_study: bool) -> list[Any]:
-    ranked = [Image.probability.desc().nulls_last(), Image.id]
-    if not by_study:
-        return ranked
-    study_top = func.max(Image.probability).over(partition_by=Image.study_uid)
-    return [study_top.desc().nulls_last(), Image.study_uid, *ranked]
-
-
-def _ranked(job_id: str, show: Show, by_study: bool) -> Select:
-    return (
-        select(
-            Image.id,
-            Image.relative_path,
-            Image.probability,
-            Image.label,
-            Image.error,
-            Label.label.label("confirmed_label"),
-            Image.study_uid,
-            Image.view_position,
+def _ranked(job_id: str, show: Show, by_study: bool) -> Subquery:
+    """The images `show` selects, with each one's study's highest probability when the
+    job is ranked by study."""
+    columns: list[Any] = [
+        Image.id,
+        Image.relative_path.label("path"),
+        Image.probability,
+        Image.label,
+        Image.error,
+        Label.label.label("confirmed_label"),
+        Image.study_uid,
+        Image.view_position,
+    ]
+    if by_study:
+        columns.append(
+            func.max(Image.probability).over(partition_by=Image.study_uid).label("study_top")
         )
+    return (
+        select(*columns)
         .outerjoin(Label, Label.image_id == Image.id)
         .where(*_where(job_id, show))
+        .subquery("ranked")
     )
+
+
+def _ordering(ranked: Subquery, by_study: bool) -> list[Any]:
+    order = [ranked.c.probability.desc().nulls_last(), ranked.c.id]
+    if not by_study:
+        return order
+    return [ranked.c.study_top.desc().nulls_last(), ranked.c.study_uid, *order]
+
+
+def _fields(ranked: Subquery) -> list[Any]:
+    return [ranked.c[field.name] for field in fields(RankedImage)]
 
 
 def ranked_page(
@@ -136,10 +147,13 @@ def ranked_page(
     """A page of the job's images (those `show` selects), in ranking order."""
     get_job(session, job_id, owner)
     by_study = has_studies(session, job_id)
-    query = _ranked(job_id, show, by_study)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    ranked = _ranked(job_id, show, by_study)
+    total = session.scalar(select(func.count()).select_from(ranked)) or 0
     rows = session.execute(
-        query.order_by(*_ordering(by_study)).offset((page - 1) * per_page).limit(per_page)
+        select(*_fields(ranked))
+        .order_by(*_ordering(ranked, by_study))
+        .offset((page - 1) * per_page)
+        .limit(per_page)
     )
     return Page([RankedImage(*row) for row in rows], total, page, per_page)
 
@@ -197,11 +211,10 @@ def image_detail(session: Session, image_id: int, owner: str | None = None) -> I
 def neighbours(session: Session, job_id: str, image_id: int, show: Show) -> Neighbours | None:
     """The image's place in the ranking `show` selects, or None when it is not among them."""
     by_study = has_studies(session, job_id)
-    numbered = (
-        _ranked(job_id, show, by_study)
-        .add_columns(func.row_number().over(order_by=_ordering(by_study)).label("position"))
-        .subquery()
-    )
+    ranked = _ranked(job_id, show, by_study)
+    numbered = select(
+        ranked.c.id, func.row_number().over(order_by=_ordering(ranked, by_study)).label("position")
+    ).subquery("numbered")
     position = session.scalar(select(numbered.c.position).where(numbered.c.id == image_id))
     if position is None:
         return None
@@ -212,5 +225,5 @@ def neighbours(session: Session, job_id: str, image_id: int, show: Show) -> Neig
             )
         ).all()
     )
-    total = session.scalar(select(func.count()).select_from(numbered)) or 0
+    total = session.scalar(select(func.count()).select_from(ranked)) or 0
     return Neighbours(position, total, around.get(position - 1), around.get(position + 1))
