@@ -3,8 +3,9 @@ one image with its neighbours in that ranking, and the counts behind the filters
 
 The ranking is highest probability first, unscored and failed images last. A job with DICOM
 studies is ranked by study: the study whose most suspicious image is highest comes first, its
-images together. Paging uses the `(job_id, probability)` index, so a page of a 20,000-image job
-costs the same as the first (docs/performance.md, "The reading room").
+images together. A page sorts the job's rows in the database and reads one page of them, so
+the last page of a 20,000-image job costs what the first does (docs/performance.md, "The
+reading room").
 """
 
 from __future__ import annotations

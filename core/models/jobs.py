@@ -115,8 +115,6 @@ class Image(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "relative_path"),
         Index("ix_images_job_id_id", "job_id", "id"),
-        # The reading room's ranking: a job's images by probability.
-        Index("ix_images_job_id_probability", "job_id", "probability"),
         # The queue: a job's unscored images in order, and those whose pass died.
         Index(
             "ix_images_unscored", "job_id", "id", postgresql_where=UNSCORED, sqlite_where=UNSCORED

@@ -1,4 +1,4 @@
-"""The reading room: browser sessions, and a job's images ranked by probability
+"""The reading room: browser sessions
 
 Revision ID: 0011
 Revises: 0010
@@ -38,11 +38,9 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_ui_sessions_api_key_id"), "ui_sessions", ["api_key_id"])
     op.create_index(op.f("ix_ui_sessions_expires_at"), "ui_sessions", ["expires_at"])
-    op.create_index("ix_images_job_id_probability", "images", ["job_id", "probability"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_images_job_id_probability", table_name="images")
     op.drop_index(op.f("ix_ui_sessions_expires_at"), table_name="ui_sessions")
     op.drop_index(op.f("ix_ui_sessions_api_key_id"), table_name="ui_sessions")
     op.drop_table("ui_sessions")

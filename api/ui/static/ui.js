@@ -125,12 +125,15 @@ if (drop) {
   const text = document.getElementById("upload-text");
   const label = document.getElementById("upload-label");
 
-  const send = (body, contentType, what) => new Promise((resolve) => {
+  const send = (body, contentType, what, filename) => new Promise((resolve) => {
     const priority = document.getElementById("priority").value;
     const request = new XMLHttpRequest();
     request.open("POST", "/v1/jobs" + (priority ? `?priority=${priority}` : ""));
     request.setRequestHeader("X-CSRFToken", csrfToken());
     if (contentType) request.setRequestHeader("Content-Type", contentType);
+    if (filename) {
+      request.setRequestHeader("Content-Disposition", `attachment; filename*=UTF-8''${encodeURIComponent(filename)}`);
+    }
     statusBox.hidden = false;
     label.textContent = `Uploading ${what}`;
     bar.value = 0;
@@ -167,12 +170,12 @@ if (drop) {
     return send(await storedZip(files, (done) => {
       bar.value = Math.floor((100 * done) / files.length);
       text.textContent = `packing ${done} of ${files.length}`;
-    }), "application/zip", what);
+    }), "application/zip", what, files[0].path.split("/")[0] + ".zip");
   };
 
   const choose = (files) => {
     const list = Array.from(files);
-    if (list.length === 1 && /\.zip$/i.test(list[0].name)) return send(list[0], "application/zip", list[0].name);
+    if (list.length === 1 && /\.zip$/i.test(list[0].name)) return send(list[0], "application/zip", list[0].name, list[0].name);
     return sendFolder(list.map((file) => ({ file, path: file.webkitRelativePath || file.name })));
   };
 
