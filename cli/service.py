@@ -26,6 +26,7 @@ def up(cli: CliContext) -> None:
     cli.close()  # the children connect on their own; this process only watches them
     me = [sys.executable, "-m", "cli"]
     click.echo(f"pneumoscan: serving on {settings.api_url} (database {settings.database_shown})")
+    click.echo(f"pneumoscan: the reading room: {settings.api_url}/ui (sign in with an API key)")
     all_cores = {"PNEUMOSCAN_TF_INTRA_OP_THREADS": "0", "PNEUMOSCAN_TF_INTER_OP_THREADS": "0"}
     code = Supervisor(
         {
@@ -55,7 +56,8 @@ def _first_admin_key(cli: CliContext) -> None:
     click.echo(
         "pneumoscan: first start, created an admin API key. It is shown only now; keep it:\n"
         f"    export PNEUMOSCAN_API_KEY={secret}\n"
-        "pneumoscan: more keys: pneumoscan keys create --name NAME --scope read|submit|admin"
+        "pneumoscan: more keys: pneumoscan keys create --name NAME --scope "
+        "read|submit|review|admin"
     )
 
 

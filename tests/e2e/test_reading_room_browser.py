@@ -14,6 +14,7 @@ synthetic images instead, so no image of the dataset ends up in the repository.
 
 import io
 import os
+import shutil
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,13 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 IMAGES_PER_CLASS = 6
 SCREENSHOTS = os.environ.get("PNEUMOSCAN_SCREENSHOTS")
+FILE_LIMIT = 8
+
+
+@pytest.fixture
+def extra_env() -> dict[str, str]:
+    """A small per-request file limit, so a folder of 12 goes the way a large one goes."""
+    return {"PNEUMOSCAN_MAX_UPLOAD_FILES": str(FILE_LIMIT)}
 
 
 @pytest.fixture
@@ -137,6 +145,42 @@ def sign_in(driver: Any, url: str, key: str) -> None:
     wait_for(lambda: "/ui/jobs" in driver.current_url, 20, "the jobs page after signing in")
 
 
+def folder_of_xrays(shared_data: Path, root: Path, per_class: int) -> Path:
+    """A folder as a department exports one: a subfolder per ward, real X-rays in them."""
+    for label in ("NORMAL", "PNEUMONIA"):
+        ward = root / f"ward-{label.lower()}"
+        ward.mkdir(parents=True)
+        for original in sorted((shared_data / "origres" / label).iterdir())[-per_class:]:
+            shutil.copy(original, ward / original.name)
+    return root
+
+
+def upload_and_follow(driver: Any, picker: str, path: Path) -> str:
+    """Send `path` through the page's picker; the new job's id once the page shows it done."""
+    before = {
+        row.get_attribute("data-job")
+        for row in driver.find_elements(By.CSS_SELECTOR, "tr[data-job]")
+    }
+    driver.find_element(By.ID, picker).send_keys(str(path))
+
+    def new_job() -> str | None:
+        try:
+            rows = driver.find_elements(By.CSS_SELECTOR, "tr[data-job]")
+            fresh = [row.get_attribute("data-job") for row in rows]
+        except StaleElementReferenceException:
+            return None
+        return next((job for job in fresh if job not in before), None)
+
+    job_id = wait_for(new_job, 60, f"a job for {path.name}")
+    wait_for(
+        lambda: text_of(driver, f'tr[data-job="{job_id}"] [data-field="status"]') == "completed",
+        180,
+        f"the job of {path.name} to complete",
+        interval=1,
+    )
+    return str(job_id)
+
+
 def post_from_page(driver: Any, path: str, body: str) -> int:
     """What a forged form would send: the page's own CSRF token (or none), from its origin."""
     return int(
@@ -169,7 +213,9 @@ def test_a_radiologist_uploads_reads_and_confirms_in_a_real_browser(
     assert imported.returncode == 0, imported.stderr
     driver = browser
 
-    # Sign in with the key `up` printed; the browser keeps a session cookie, not the key.
+    # Sign in with the key `up` printed (it names the page too); the browser keeps a session
+    # cookie, not the key.
+    assert f"the reading room: {url}/ui" in log_path.read_text()
     driver.get(f"{url}/ui")
     shoot(driver, "sign-in")
     sign_in(driver, url, key)
@@ -291,6 +337,22 @@ def test_a_radiologist_uploads_reads_and_confirms_in_a_real_browser(
         driver.get(url + page)
         assert fits_the_width(driver), page
     driver.set_window_size(1280, 800)
+
+    # Folders: a few files go as themselves, more than the API takes in one request go as a
+    # zip the page packs (stored, with their relative paths); both keep the folders' names.
+    driver.get(f"{url}/ui/jobs")
+    few = upload_and_follow(
+        driver, "pick-folder", folder_of_xrays(shared_data, tmp_path / "few", FILE_LIMIT // 4)
+    )
+    many = upload_and_follow(
+        driver, "pick-folder", folder_of_xrays(shared_data, tmp_path / "many", FILE_LIMIT)
+    )
+    for job, count, source in ((few, FILE_LIMIT // 2, "images"), (many, 2 * FILE_LIMIT, "archive")):
+        status = api.get(f"/v1/jobs/{job}").json()
+        assert (status["scored"], status["errors"], status["source_kind"]) == (count, 0, source)
+        paths = sorted(item["path"] for item in api.get(f"/v1/jobs/{job}/results").json()["items"])
+        assert all(path.startswith(("many/ward-", "few/ward-")) for path in paths), paths
+    assert api.get(f"/v1/jobs/{many}").json()["source_name"] == "many.zip"
 
     # A read key of the same name sees the job, no confirm buttons, and its forged POST fails.
     created = pneumoscan(env, "keys", "create", "--name", "admin", "--scope", "read")

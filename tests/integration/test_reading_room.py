@@ -434,3 +434,95 @@ def test_a_versions_plots_are_served(room: Room) -> None:
     assert client.get("/v1/models/nope/plots/roc.png").status_code == 404
     models = client.get("/ui/models")
     assert room.model.version in models.text
+
+
+def test_admins_activate_a_version_after_a_confirmation_step(
+    room: Room, baseline_model: Path
+) -> None:
+    with room.db.session() as session:
+        candidate = registry.import_model(session, room.storage, baseline_model, threshold=0.4)
+        version = candidate.version
+    reviewer = room.browser("review")
+    page = reviewer.get("/ui/models").text
+    assert version in page
+    assert f"/ui/models/{version}/activate" not in page  # no button for a non-admin
+    token = csrf_of(reviewer, "/ui/models")
+    refused = reviewer.post(f"/ui/models/{version}/activate", data={"csrf_token": token})
+    assert refused.status_code == 403
+    admin = room.browser("admin", "chief")
+    assert f"/ui/models/{version}/activate" in admin.get("/ui/models").text
+    confirm = admin.get(f"/ui/models/{version}/activate")
+    assert f"Activate version <code>{version}</code>?" in confirm.text
+    assert f"instead of <code>{room.model.version}</code>" in confirm.text
+    with room.db.session() as session:  # asking is not doing
+        assert registry.active_version(session).version == room.model.version  # type: ignore[union-attr]
+    done = admin.post(
+        f"/ui/models/{version}/activate",
+        data={"csrf_token": csrf_of(admin, f"/ui/models/{version}/activate")},
+        follow_redirects=True,
+    )
+    assert done.status_code == 200
+    assert f"Version {version} is now active." in done.text
+    with room.db.session() as session:
+        assert registry.active_version(session).version == version  # type: ignore[union-attr]
+    # Rolling back is the same step, offered on the version that was active before.
+    assert f"/ui/models/{room.model.version}/activate" in admin.get("/ui/models").text
+
+
+def test_admins_start_a_training_run_from_the_page(room: Room, settings: Settings) -> None:
+    admin = room.browser("admin", "chief")
+    token = csrf_of(admin, "/ui/models")
+    without_data = admin.post("/ui/training-runs", data={"csrf_token": token})
+    assert without_data.status_code == 400
+    assert "no reference data" in without_data.text
+    room.app.extensions["pneumoscan"].settings = settings.model_copy(
+        update={"data_dir": Path("/reference")}
+    )
+    started = admin.post("/ui/training-runs", data={"csrf_token": token}, follow_redirects=True)
+    assert started.status_code == 200
+    found = re.search(r"Training run (\d+) queued", started.text)
+    assert found is not None
+    from core.models import TrainingRun
+
+    with room.db.session() as session:
+        run = session.get(TrainingRun, int(found.group(1)))
+        assert run is not None
+        assert (run.status, run.requested_by) == ("queued", "chief")
+    assert f'data-run="{run.id}" data-live' in started.text  # its epochs are followed live
+    submitter = room.browser("submit")
+    own_token = csrf_of(submitter, "/ui/models")
+    assert submitter.post("/ui/training-runs", data={"csrf_token": own_token}).status_code == 403
+
+
+def test_a_dicom_job_lists_its_images_under_their_studies(room: Room) -> None:
+    with room.db.session() as session:
+        create_job(session, SourceKind.ARCHIVE, "studies.zip", "dicom-job", OWNER)
+        rows = [
+            ("1.2.3", 0.2),
+            ("1.2.3", 0.95),
+            ("1.2.4", 0.6),
+            ("1.2.4", 0.7),
+            ("1.2.5", 0.1),
+        ]
+        session.execute(
+            insert(Image),
+            [
+                {
+                    "job_id": "dicom-job",
+                    "relative_path": f"{study}/{index}.dcm",
+                    "location": f"x/{index}",
+                    "format": "dicom",
+                    "size_bytes": 1,
+                    "sha256": "0" * 64,
+                    "probability": probability,
+                    "label": "PNEUMONIA" if probability >= 0.5 else "NORMAL",
+                    "study_uid": study,
+                }
+                for index, (study, probability) in enumerate(rows)
+            ],
+        )
+    html = room.browser("read").get("/ui/jobs/dicom-job").text
+    headings = re.findall(r"Study <code>([\d.]+)</code>", html)
+    assert headings == ["1.2.3", "1.2.4", "1.2.5"]  # by each study's most suspicious image
+    paths = re.findall(r'class="path">([^<]+)<', html)
+    assert paths == ["1.2.3/1.dcm", "1.2.3/0.dcm", "1.2.4/3.dcm", "1.2.4/2.dcm", "1.2.5/4.dcm"]
