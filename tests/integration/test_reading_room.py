@@ -526,3 +526,22 @@ def test_a_dicom_job_lists_its_images_under_their_studies(room: Room) -> None:
     assert headings == ["1.2.3", "1.2.4", "1.2.5"]  # by each study's most suspicious image
     paths = re.findall(r'class="path">([^<]+)<', html)
     assert paths == ["1.2.3/1.dcm", "1.2.3/0.dcm", "1.2.4/3.dcm", "1.2.4/2.dcm", "1.2.5/4.dcm"]
+
+
+def test_with_no_model_the_pages_say_what_to_do(settings: Settings) -> None:
+    app = create_app(settings)
+    db = app.extensions["pneumoscan"].db
+    with db.session() as session:
+        create_job(session, SourceKind.IMAGES, "early", "early", "admin").waiting_for_model = True
+        secret = create_key(session, "admin", "admin")[1]
+    client = app.test_client()
+    client.post(
+        "/ui/sign-in", data={"api_key": secret, "csrf_token": csrf_of(client, "/ui/sign-in")}
+    )
+    jobs = client.get("/ui/jobs").text
+    assert "(waiting for a model)" in jobs
+    assert 'href="/ui/models"' in jobs
+    models = client.get("/ui/models").text
+    assert "No model versions yet" in models
+    assert "pneumoscan models import model.keras --activate" in models
+    db.dispose()
