@@ -25,6 +25,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
 
 from api.context import api_context
 from api.errors import STATUS_OF
@@ -80,6 +81,15 @@ def _csrf_refused(error: CSRFError) -> ResponseReturnValue:
         message=f"The form did not carry a valid security token ({error.description}). "
         "Reload the page and try again.",
     ), 400
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> ResponseReturnValue:
+    """A page's error as a page (the API's own answer JSON)."""
+    title = {400: "Not understood", 404: "Not found"}.get(error.code or 500, "Not possible")
+    return render_template(
+        "ui/error.html", title=title, message=error.description or error.name
+    ), error.code or 500
 
 
 @bp.errorhandler(DomainError)

@@ -255,7 +255,10 @@ def test_the_job_page_ranks_images_highest_first_with_filters_and_rejections(roo
     pneumonia = ranked_ids(client.get("/ui/jobs/job1?show=pneumonia").text)
     assert pneumonia == [i for p, i in by_probability if p >= 0.5]
     assert ranked_ids(client.get("/ui/jobs/job1?show=errors").text) == failed
-    assert client.get("/ui/jobs/job1?show=nonsense").status_code == 400
+    nonsense = client.get("/ui/jobs/job1?show=nonsense")
+    assert nonsense.status_code == 400
+    assert nonsense.mimetype == "text/html"
+    assert "show must be one of all, pneumonia" in nonsense.text
     # Another owner's job does not exist for this key.
     assert room.browser("read", "ward-9").get("/ui/jobs/job1").status_code == 404
     csv = client.get("/v1/jobs/job1/results?format=csv")
