@@ -12,8 +12,8 @@ Which layer: the output of the last block whose map is still at least `MIN_GRID`
 (the one the network then shrinks). At the write-up's 75 px the last block of
 InceptionResNetV2 (`conv_7b`) is 1x1, a map with nothing to show; its last block at 7x7 is
 `block35_10`. The baseline CNN's is its last
-convolution (19x19). An averaged model (an ensemble, test-time views) is explained through its
-first member on the image itself.
+convolution (19x19). An averaged model (an ensemble, test-time views) is explained through one
+of its members (the last) on the image itself (the first view).
 
 A heatmap is made with the model version that scored the image, in float32, by a network this
 module loads for itself (never the scoring model, whose output layer it changes).

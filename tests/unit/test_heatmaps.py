@@ -88,3 +88,16 @@ def test_the_overlay_covers_the_trimmed_image_in_its_own_shape() -> None:
     assert alpha[:, :51].max() == 0  # nor the left one
     assert alpha[26:60, 52:150].max() > 100  # the top-left of what the model saw is warm
     assert alpha[200:, 400:].max() == 0
+
+
+@pytest.mark.slow
+def test_an_averaged_model_is_explained_through_a_member_on_the_image_itself() -> None:
+    from training.model import averaged, make_model
+
+    members = [make_model("baseline_cnn", 75), make_model("baseline_cnn", 75)]
+    model = as_logit_model(averaged(members, views=2))
+    layer = target_layer(model)
+    assert layer.name == "conv2"
+    cam = grad_cam(model, layer, np.random.default_rng(2).uniform(0, 255, (75, 75, 3)))
+    assert cam.shape == (19, 19)
+    assert cam.max() == pytest.approx(1.0)
