@@ -16,8 +16,7 @@ from core.training_runs import (
     TrainingParams,
     get_run,
     list_runs,
-    request_run,
-    send_run,
+    queue_requested_run,
     version_of_run,
 )
 
@@ -43,14 +42,16 @@ def start_training_run(json_data: dict[str, Any]) -> tuple[dict[str, Any], int, 
     """Queue a retraining on the reference data plus confirmed labels."""
     context = api_context(current_app)
     params = TrainingParams.from_settings(context.settings, **json_data)
+    run_id = queue_requested_run(
+        context.db,
+        params,
+        caller().name,
+        context.queue.train,
+        context.settings.training_stale_after,
+    )
     with context.db.session() as session:
-        run, _ = request_run(
-            session, params, "api", stale_after=context.settings.training_stale_after
-        )
-        run.requested_by = caller().name
-        out = run_out(session, run)
-    send_run(context.db, out["id"], context.queue.train)
-    return out, 202, {"Location": url_for("training.get_training_run", run_id=out["id"])}
+        out = run_out(session, get_run(session, run_id))
+    return out, 202, {"Location": url_for("training.get_training_run", run_id=run_id)}
 
 
 @bp.get("/training-runs")

@@ -111,7 +111,7 @@ def main() -> None:
     storage = Storage(folder / "storage")
     first, again = [], []
     for index, path in enumerate(origres_images()[:20]):
-        stored = StoredImage(index, "previews", ImageSource(path, "jpeg"), 0.5, 1, "v", True, None)
+        stored = StoredImage(index, "previews", ImageSource(path, "jpeg"), 0.5, 1, "v", True)
         first.append(timed(lambda stored=stored: preview(storage, stored, 512, 10**8)))
         again.append(timed(lambda stored=stored: preview(storage, stored, 512, 10**8)))
     figures["preview_512_ms"] = {

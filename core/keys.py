@@ -74,10 +74,15 @@ def create_key(
     return row, secret
 
 
-def authenticate(session: Session, secret: str) -> Principal | None:
-    row = session.scalar(
+def active_key(session: Session, secret: str) -> ApiKey | None:
+    """The unrevoked key whose secret this is."""
+    return session.scalar(
         select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
     )
+
+
+def authenticate(session: Session, secret: str) -> Principal | None:
+    row = active_key(session, secret)
     return Principal(row.name, row.scope, row.priority) if row else None
 
 

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 
 from core.errors import ConflictError
 from core.imaging import ImageSource, Preprocessing, decode_image
-from core.models import Image, Job, ModelVersion
-from core.reading_room import ResultNotFoundError
+from core.models import Image, ModelVersion
+from core.reading_room import ResultNotFoundError, visible_image
 from core.storage import Storage, span_of
 
 # A requested size is rounded up to one of these, so a handful of files per image at most.
@@ -47,19 +47,16 @@ class StoredImage:
     model_version_id: int | None
     model_version: str | None
     artifact_available: bool
-    preprocessing: str | None
 
 
 def stored_image(
     session: Session, storage: Storage, image_id: int, owner: str | None = None
 ) -> StoredImage:
     """An image of a job `owner` may see (any job when None); others are "not found"."""
-    row = session.execute(
-        select(Image, ModelVersion)
-        .join(Job, Job.id == Image.job_id)
-        .outerjoin(ModelVersion, ModelVersion.id == Image.model_version_id)
-        .where(Image.id == image_id, *([Job.owner == owner] if owner is not None else []))
-    ).first()
+    query = select(Image, ModelVersion).outerjoin(
+        ModelVersion, ModelVersion.id == Image.model_version_id
+    )
+    row = session.execute(visible_image(query, image_id, owner)).first()
     if row is None:
         raise ResultNotFoundError(f"no result {image_id}")
     image, version = row
@@ -75,7 +72,6 @@ def stored_image(
         image.model_version_id,
         version.version if version else None,
         version is not None and version.artifact_deleted_at is None,
-        version.preprocessing if version else None,
     )
 
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Subquery, and_, case, func, select
+from sqlalchemy import Select, Subquery, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from core.errors import NotFoundError
@@ -177,9 +177,15 @@ def counts(session: Session, job_id: str) -> dict[Show, int]:
     return dict(zip(Show, row, strict=True))
 
 
+def visible_image(query: Select, image_id: int, owner: str | None) -> Select:
+    """`query` narrowed to one image of a job `owner` may see (any job when None)."""
+    query = query.join(Job, Job.id == Image.job_id).where(Image.id == image_id)
+    return query.where(Job.owner == owner) if owner is not None else query
+
+
 def image_detail(session: Session, image_id: int, owner: str | None = None) -> ImageDetail:
     """One image with its result and confirmed label; another owner's is "not found"."""
-    row = session.execute(
+    query = (
         select(
             Image.id,
             Image.job_id,
@@ -198,11 +204,10 @@ def image_detail(session: Session, image_id: int, owner: str | None = None) -> I
             Image.series_uid,
             Image.view_position,
         )
-        .join(Job, Job.id == Image.job_id)
         .outerjoin(ModelVersion, ModelVersion.id == Image.model_version_id)
         .outerjoin(Label, Label.image_id == Image.id)
-        .where(Image.id == image_id, *([Job.owner == owner] if owner is not None else []))
-    ).first()
+    )
+    row = session.execute(visible_image(query, image_id, owner)).first()
     if row is None:
         raise ResultNotFoundError(f"no result {image_id}")
     values: tuple[Any, ...] = tuple(row)

@@ -236,6 +236,24 @@ def fail_stale_runs(session: Session, stale_after: timedelta) -> list[int]:
     return stale
 
 
+def queue_requested_run(
+    db: Database,
+    params: TrainingParams,
+    requested_by: str,
+    send: Callable[[int], None],
+    stale_after: timedelta = DEFAULT_STALE_AFTER,
+) -> int:
+    """A run someone asked for (the API, the reading room): recorded, committed, then sent;
+    returns its id."""
+    with db.session() as session:
+        run, _ = request_run(session, params, "api", stale_after=stale_after)
+        run.requested_by = requested_by
+        session.flush()
+        run_id = run.id
+    send_run(db, run_id, send)
+    return run_id
+
+
 def send_run(db: Database, run_id: int, send: Callable[[int], None]) -> None:
     """Hand a committed run to the training queue. When the queue cannot take it the run fails
     at once, so it does not hold the one-run-at-a-time lock until it is judged stale."""

@@ -13,16 +13,14 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from core.keys import Principal, hash_key
+from core.keys import Principal, active_key, hash_key
 from core.models import ApiKey, UiSession, utcnow
 
 
 def open_session(session: Session, api_key: str, lifetime: timedelta) -> str | None:
     """A new session token for a valid, unrevoked key (None for anything else); expired
     sessions of every key are removed on the way."""
-    key = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(api_key), ApiKey.revoked_at.is_(None))
-    )
+    key = active_key(session, api_key)
     if key is None:
         return None
     now = utcnow()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -66,19 +67,19 @@ def _kept_secret(path: Path) -> str:
     """A random secret made once on the storage volume, so every API process (and every
     restart) signs cookies with the same one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(50):  # another process is writing it right now
-            secret = path.read_text().strip()
-            if secret:
-                return secret
-            os.sched_yield()
-        raise RuntimeError(f"{path} is empty: remove it, or set PNEUMOSCAN_SECRET_KEY") from None
-    with os.fdopen(descriptor, "w") as out:
-        secret = secrets.token_urlsafe(48)
-        out.write(secret)
-    return secret
+    if not path.exists():
+        # Written whole under a private name, then linked into place: of processes starting
+        # together, one link wins and every one reads the same complete secret.
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret-")
+        with os.fdopen(handle, "w") as out:
+            out.write(secrets.token_urlsafe(48))
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temporary)
+    return path.read_text().strip()
 
 
 def sign_in(api_key: str) -> bool:

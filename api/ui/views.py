@@ -37,8 +37,8 @@ from core.keys import Principal
 from core.labels import LABELS, set_label
 from core.models import FINISHED_STATUSES
 from core.reading_room import Show, counts, image_detail, neighbours, ranked_page
-from core.registry import list_versions
-from core.training_runs import TrainingParams, list_runs, request_run, send_run
+from core.registry import active_version, get_version, list_versions
+from core.training_runs import TrainingParams, list_runs, queue_requested_run
 
 # An APIBlueprint only so APIFlask's spec can skip it: pages are not part of the API.
 bp = APIBlueprint(
@@ -253,7 +253,6 @@ def models_page(principal: Principal) -> ResponseReturnValue:
         versions=versions,
         runs=runs.items,
         is_admin=principal.is_admin,
-        finished=("succeeded", "failed", "cancelled"),
     )
 
 
@@ -262,12 +261,9 @@ def models_page(principal: Principal) -> ResponseReturnValue:
 def activate_page(principal: Principal, version: str) -> ResponseReturnValue:
     """The confirmation step: what activating (or rolling back to) the version means."""
     with api_context(current_app).db.session() as session:
-        versions = list_versions(session)
+        chosen = get_version(session, version)
+        active = active_version(session)
         session.expunge_all()
-    chosen = next((row for row in versions if row.version == version), None)
-    if chosen is None:
-        abort(404)
-    active = next((row for row in versions if row.status == "active"), None)
     return render_template("ui/activate.html", chosen=chosen, active=active)
 
 
@@ -284,15 +280,13 @@ def activate_post(principal: Principal, version: str) -> ResponseReturnValue:
 @page_for("admin")
 def training_post(principal: Principal) -> ResponseReturnValue:
     context = api_context(current_app)
-    params = TrainingParams.from_settings(context.settings)
-    with context.db.session() as session:
-        run, _ = request_run(
-            session, params, "api", stale_after=context.settings.training_stale_after
-        )
-        run.requested_by = principal.name
-        session.flush()
-        run_id = run.id
-    send_run(context.db, run_id, context.queue.train)
+    run_id = queue_requested_run(
+        context.db,
+        TrainingParams.from_settings(context.settings),
+        principal.name,
+        context.queue.train,
+        context.settings.training_stale_after,
+    )
     flash(f"Training run {run_id} queued.")
     return redirect(url_for("ui.models_page"))
 

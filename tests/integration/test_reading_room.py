@@ -23,7 +23,7 @@ from core.db import Database
 from core.imaging import decode_image
 from core.jobs import create_job
 from core.keys import create_key, revoke_key
-from core.models import Image, Job, JobStatus, Label, ModelVersion, RejectedEntry, SourceKind
+from core.models import ApiKey, Image, JobStatus, Label, ModelVersion, RejectedEntry, SourceKind
 from core.reading_room import Show, neighbours, ranked_page
 from core.results import ImageResult, record_results
 from core.storage import Storage, sha256_of
@@ -166,10 +166,6 @@ def test_revoking_the_key_ends_its_sessions(room: Room) -> None:
     client = room.browser("review", "dr-who")
     assert client.get("/ui/jobs").status_code == 200
     with room.db.session() as session:
-        prefix = session.scalars(select(Job)).first()  # any query: the session works
-        assert prefix is not None
-        from core.models import ApiKey
-
         key = session.scalars(select(ApiKey).where(ApiKey.name == "dr-who")).one()
         revoke_key(session, key.prefix)
     assert client.get("/ui/jobs").status_code == 302
@@ -548,3 +544,17 @@ def test_with_no_model_the_pages_say_what_to_do(settings: Settings) -> None:
     assert "No model versions yet" in models
     assert "pneumoscan models import model.keras --activate" in models
     db.dispose()
+
+
+def test_api_processes_starting_together_sign_cookies_with_one_secret(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from api.ui.sessions import _kept_secret
+
+    path = tmp_path / "storage" / ".secret-key"
+    with ThreadPoolExecutor(8) as pool:
+        secrets_seen = set(pool.map(lambda _: _kept_secret(path), range(32)))
+    assert len(secrets_seen) == 1
+    assert len(secrets_seen.pop()) >= 48
+    assert path.stat().st_mode & 0o077 == 0  # readable by its owner only
+    assert [p.name for p in path.parent.iterdir()] == [".secret-key"]  # no temporaries left
