@@ -27,9 +27,10 @@ from api.schemas import (
 )
 from api.uploads import CHUNK, UPLOAD_TYPES, persist, upload_slot, watched_upload
 from core.backlog import Place, place_of
+from core.deliveries import reports_of
 from core.job_state import is_scoring
 from core.jobs import cancel_job, get_job, list_jobs
-from core.models import Job, Priority
+from core.models import DicomDelivery, Job, Priority
 from core.storage import ARCHIVE_NAME
 from core.submission import (
     JobStoppedDuringUploadError,
@@ -185,7 +186,9 @@ def get_job_status(job_id: str) -> dict[str, Any]:
     with api_context(current_app).db.session() as session:
         job = get_job(session, job_id, caller().owner_filter)
         max_wait = timedelta(seconds=api_context(current_app).settings.max_wait_seconds)
-        return _job_out(job, place_of(session, job.id, max_wait) if is_scoring(job) else None)
+        shown = _job_out(job, place_of(session, job.id, max_wait) if is_scoring(job) else None)
+        shown["dicom_reports"] = [_report_out(report) for report in reports_of(session, job.id)]
+        return shown
 
 
 @bp.post("/jobs/<job_id>/cancel")
@@ -196,6 +199,19 @@ def cancel(job_id: str) -> dict[str, Any]:
     """Stop a job; results already written stay."""
     with api_context(current_app).db.session() as session:
         return _job_out(cancel_job(session, job_id, caller().owner_filter))
+
+
+def _report_out(report: DicomDelivery) -> dict[str, Any]:
+    return {
+        "study_uid": report.study_uid,
+        "destination": report.destination,
+        "state": report.state,
+        "attempts": report.attempts,
+        "last_status": report.last_status,
+        "next_attempt_at": report.next_attempt_at if report.state == "pending" else None,
+        "delivered_at": report.delivered_at,
+        "report_uid": report.report_uid,
+    }
 
 
 def _job_out(job: Job, place: Place | None = None) -> dict[str, Any]:

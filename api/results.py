@@ -44,10 +44,13 @@ def init_app(app: APIFlask) -> None:
 
 RESULTS_RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
     200: {
-        "description": "A page of results, or all of them as CSV",
-        "content": {"text/csv": {"schema": {"type": "string"}}},
+        "description": "A page of results, all of them as CSV, or the DICOM reports as a zip",
+        "content": {
+            "text/csv": {"schema": {"type": "string"}},
+            "application/zip": {"schema": {"type": "string", "format": "binary"}},
+        },
     },
-    404: {"description": "No such job"},
+    404: {"description": "No such job (or, for `format=dicom`, no scored DICOM image)"},
 }
 
 
@@ -87,9 +90,12 @@ def rejected(job_id: str, query_data: dict[str, Any]) -> dict[str, Any]:
 @bp.output(ResultsPageOut)
 @bp.doc(tags=["Jobs"], responses=RESULTS_RESPONSES)
 def job_results(job_id: str, query_data: dict[str, Any]) -> Any:
-    """A page of results as JSON, or every result as CSV with `?format=csv`."""
+    """A page of results as JSON, every result as CSV with `?format=csv`, or with
+    `?format=dicom` a zip of each DICOM study's report (a Comprehensive 3D SR, TID 1500)."""
     context = api_context(current_app)
     owner = caller().owner_filter
+    if query_data["format"] == "dicom":
+        return _dicom_reports(context, job_id, owner, query_data.get("study_uid"))
     if query_data["format"] == "csv":
         with context.db.session() as session:
             get_job(session, job_id, owner)  # 404 before the streaming starts
@@ -115,6 +121,38 @@ def job_results(job_id: str, query_data: dict[str, Any]) -> Any:
         "items": [vars(row) for row in page.items],
         "pagination": pagination(page),
     }
+
+
+def _dicom_reports(
+    context: ApiContext, job_id: str, owner: str | None, study_uid: str | None
+) -> Response:
+    """Reports with no patient module: pneumoscan keeps none (the node's sent copies have it)."""
+    import zipfile
+
+    from pydicom.filewriter import dcmwrite
+
+    from core.dicom_report import build_report, study_findings
+
+    with context.db.session() as session:
+        complete = get_job(session, job_id, owner).status == "completed"
+        studies = study_findings(session, job_id)
+    if study_uid:
+        studies = {uid: found for uid, found in studies.items() if uid == study_uid}
+    if not studies:
+        raise api_error(404, "the job has no scored DICOM image to report", "no_dicom_results")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for uid, findings in studies.items():
+            report = io.BytesIO()
+            # A partial report has other content than the final one, so another UID.
+            purpose = "download" if complete else f"download of {len(findings)}"
+            dcmwrite(report, build_report(job_id, uid, findings, None, purpose, complete))
+            archive.writestr(f"{uid}.dcm", report.getvalue())
+    return Response(
+        buffer.getvalue(),
+        mimetype="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="pneumoscan-{job_id}-dicom.zip"'},
+    )
 
 
 def _csv_lines(

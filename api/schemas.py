@@ -62,7 +62,7 @@ class RejectedQuery(PageQuery):
 
 class ResultsQuery(PageQuery):
     per_page = Integer(load_default=500, validate=Range(min=1, max=5000))
-    format = String(load_default="json", validate=OneOf(["json", "csv"]))
+    format = String(load_default="json", validate=OneOf(["json", "csv", "dicom"]))
     study_uid = String(
         validate=Length(max=64), metadata={"description": "Only the results of this DICOM study."}
     )
@@ -73,6 +73,19 @@ class PaginationOut(Schema):
     per_page = Integer()
     total = Integer()
     pages = Integer()
+
+
+class DicomReportOut(Schema):
+    study_uid = String()
+    destination = String(metadata={"description": "`AE@host:port`"})
+    state = String(metadata={"enum": ["pending", "delivered", "failed", "skipped"]})
+    attempts = Integer()
+    last_status = String(
+        allow_none=True, metadata={"description": "The peer's C-STORE status, or why none came."}
+    )
+    next_attempt_at = DateTime(allow_none=True)
+    delivered_at = DateTime(allow_none=True)
+    report_uid = String(allow_none=True, metadata={"description": "The SR's SOPInstanceUID."})
 
 
 class JobOut(Schema):
@@ -106,6 +119,13 @@ class JobOut(Schema):
     started_at = DateTime(allow_none=True)
     finished_at = DateTime(allow_none=True)
     results_url = String()
+    dicom_reports = List(
+        Nested(DicomReportOut),
+        metadata={
+            "description": "`GET /v1/jobs/{id}` only: the delivery of each study's report to "
+            "PNEUMOSCAN_DICOM_DESTINATION (jobs from the DICOM node)."
+        },
+    )
 
 
 class JobsPageOut(Schema):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from cli import keys, models, service, submit, training
+from cli import dicom, keys, models, service, submit, training
 from cli.context import CliContext
 from core.config import load_settings
 
@@ -33,6 +33,7 @@ for command in (
     service.api,
     service.worker,
     service.beat,
+    dicom.dicom_node,
     service.db,
     models.models,
     training.train,

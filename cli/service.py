@@ -28,20 +28,24 @@ def up(cli: CliContext) -> None:
     click.echo(f"pneumoscan: serving on {settings.api_url} (database {settings.database_shown})")
     click.echo(f"pneumoscan: the reading room: {settings.api_url}/ui (sign in with an API key)")
     all_cores = {"PNEUMOSCAN_TF_INTRA_OP_THREADS": "0", "PNEUMOSCAN_TF_INTER_OP_THREADS": "0"}
-    code = Supervisor(
-        {
-            "api": Command([*me, "api"]),
-            # Ingest apart from scoring: studies keep arriving in the queue while the passes
-            # run, so the next pass finds them (docs/architecture.md, "Scoring across jobs").
-            "ingester": Command([*me, "worker", "--queues", "ingest"]),
-            "worker": Command([*me, "worker", "--queues", "scoring"]),
-            # Training gets its own process, one run at a time, with every core TF wants.
-            "trainer": Command(
-                [*me, "worker", "--queues", "training", "--concurrency", "1"], all_cores
-            ),
-            "beat": Command([*me, "beat"]),
-        }
-    ).run()
+    commands = {
+        "api": Command([*me, "api"]),
+        # Ingest apart from scoring: studies keep arriving in the queue while the passes
+        # run, so the next pass finds them (docs/architecture.md, "Scoring across jobs").
+        "ingester": Command([*me, "worker", "--queues", "ingest"]),
+        "worker": Command([*me, "worker", "--queues", "scoring"]),
+        # Training gets its own process, one run at a time, with every core TF wants.
+        "trainer": Command(
+            [*me, "worker", "--queues", "training", "--concurrency", "1"], all_cores
+        ),
+        "beat": Command([*me, "beat"]),
+    }
+    if settings.dicom_port:
+        commands["dicom-node"] = Command([*me, "dicom-node"])
+        click.echo(
+            f"pneumoscan: DICOM node {settings.dicom_ae_title} on port {settings.dicom_port}"
+        )
+    code = Supervisor(commands).run()
     sys.exit(code)
 
 

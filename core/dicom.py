@@ -100,6 +100,7 @@ class DicomInfo:
     modality: str | None
     body_part: str | None
     view_position: str | None
+    sop_class_uid: str | None
     transfer_syntax: str
     frames: int
     has_pixels: bool
@@ -143,6 +144,7 @@ def read_info(path: Path) -> DicomInfo:
             modality=_text(ds, "Modality", VALUE_LIMITS["modality"]),
             body_part=_text(ds, "BodyPartExamined", VALUE_LIMITS["body_part"]),
             view_position=_text(ds, "ViewPosition", VALUE_LIMITS["view_position"]),
+            sop_class_uid=_uid(ds, "SOPClassUID"),
             transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
             frames=_number(ds, "NumberOfFrames", 1),
             has_pixels=has_pixels and "Rows" in ds,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
@@ -170,3 +172,44 @@ def identified(ds: Dataset, name: str = PATIENT_NAME) -> Dataset:
     block = ds.private_block(0x0009, "HOSPITAL EXPORT", create=True)
     block.add_new(0x01, "LO", name)
     return ds
+
+
+def real_study(shared_data: Path, images: int = 3, **identity: str) -> list[Dataset]:
+    """One study of real X-rays as a PACS holds it: the smallest `images` original-resolution
+    films made DX objects, and the two real DICOM files (a DX and an ACR-NEMA CR) given the
+    same patient and study (the NIH file, a Secondary Capture, filed as the DX it is)."""
+    from PIL import Image
+
+    originals = sorted(
+        (p for p in (shared_data / "origres").rglob("*.jpeg")), key=lambda p: p.stat().st_size
+    )[:images]
+    study_uid = generate_uid()
+    patient = {
+        "PatientName": PATIENT_NAME,
+        "PatientID": "P-1",
+        "PatientBirthDate": BIRTH_DATE,
+        "AccessionNumber": "A-1",
+        **identity,
+    }
+    made = []
+    for path in originals:
+        with Image.open(path) as picture:
+            values = np.asarray(picture.convert("L"), dtype=np.float64) / 255
+        made.append(dataset(values, bits=8))
+    for name in ("nih_cxr14_DX_1024.dcm", "CR-MONO1-10-chest.dcm"):
+        real = pydicom.dcmread(shared_data / "dicom" / name, force=True)
+        if "SOPInstanceUID" not in real:
+            real.SOPInstanceUID = generate_uid()
+        if real.Modality == "DX":  # the NIH file is filed as Secondary Capture
+            real.SOPClassUID = DX_CLASS
+        real.file_meta = FileMetaDataset()
+        real.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        real.file_meta.MediaStorageSOPClassUID = real.SOPClassUID
+        real.file_meta.MediaStorageSOPInstanceUID = real.SOPInstanceUID
+        real.SeriesInstanceUID = generate_uid()
+        made.append(real)
+    for ds in made:
+        ds.StudyInstanceUID = study_uid
+        for keyword, value in patient.items():
+            setattr(ds, keyword, value)
+    return made

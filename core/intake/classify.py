@@ -7,7 +7,7 @@ from pathlib import Path
 
 from core.imaging import DICOM, sniff_file
 from core.intake.entries import Candidate, Rejection, StorageWriteError
-from core.models import DICOM_COLUMNS
+from core.models import DICOM_STORED
 from core.storage import STORAGE_FULL, Storage, sha256_of
 from core.text import is_encodable
 
@@ -81,7 +81,7 @@ def _dicom_facts(
             dicom.deidentify(path)  # our own copy: nothing of the patient stays on our disks
     except dicom.DicomError as exc:
         return str(exc), {}
-    return None, {column: getattr(info, column) for column in DICOM_COLUMNS}
+    return None, {column: getattr(info, column) for column in DICOM_STORED}
 
 
 def _unique(relative_path: str, seen: set[str]) -> str:

@@ -2,8 +2,16 @@
 
 from core.models.api_keys import ApiKey
 from core.models.base import Base, utcnow
+from core.models.deliveries import (
+    Callback,
+    CallbackAttempt,
+    CallbackSecret,
+    DeliveryState,
+    DicomDelivery,
+)
 from core.models.jobs import (
     DICOM_COLUMNS,
+    DICOM_STORED,
     FINISHED_STATUSES,
     Image,
     Job,
@@ -19,9 +27,15 @@ from core.models.ui_sessions import UiSession
 
 __all__ = [
     "DICOM_COLUMNS",
+    "DICOM_STORED",
     "FINISHED_STATUSES",
     "ApiKey",
     "Base",
+    "Callback",
+    "CallbackAttempt",
+    "CallbackSecret",
+    "DeliveryState",
+    "DicomDelivery",
     "Image",
     "Job",
     "JobStatus",

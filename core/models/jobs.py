@@ -37,6 +37,8 @@ FINISHED_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 # The image columns taken from a DICOM header (empty for JPEG and PNG), in the order results
 # and the CSV show them; `core.dicom.DicomInfo` has a field of the same name for each.
 DICOM_COLUMNS = ("study_uid", "series_uid", "sop_uid", "modality", "body_part", "view_position")
+# And kept besides, for the DICOM reports.
+DICOM_STORED = (*DICOM_COLUMNS, "sop_class_uid")
 
 
 class Priority(enum.StrEnum):
@@ -51,6 +53,8 @@ class SourceKind(enum.StrEnum):
     ARCHIVE = "archive"
     IMAGES = "images"
     FOLDER = "folder"
+    # Instances a PACS sent to the DICOM node, one study (worker/dicom_node/).
+    DICOM = "dicom"
 
 
 class Job(Base):
@@ -152,6 +156,8 @@ class Image(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     body_part: Mapped[str | None] = mapped_column(String(64))
     view_position: Mapped[str | None] = mapped_column(String(16))
+    # What the image's report names it by (core/dicom_report.py).
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64))
 
 
 class RejectedEntry(Base):
