@@ -89,6 +89,13 @@ def gauges(counts: ServiceCounts) -> Iterator[Metric]:
         "priority",
         counts.backlog,
     )
+    yield _labelled(
+        "pneumoscan_dicom_reports",
+        "DICOM reports to PNEUMOSCAN_DICOM_DESTINATION by state: pending (waiting for the job "
+        "or for the next try), delivered, failed (every try refused), skipped.",
+        "state",
+        counts.dicom_reports,
+    )
     if counts.pass_fill is not None:
         yield GaugeMetricFamily(
             "pneumoscan_pass_fill",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import FINISHED_STATUSES, DeliveryState, DicomDelivery, Job, utcnow
@@ -66,10 +66,3 @@ def reports_of(session: Session, job_id: str) -> list[DicomDelivery]:
             select(DicomDelivery).where(DicomDelivery.job_id == job_id).order_by(DicomDelivery.id)
         )
     )
-
-
-def report_counts(session: Session) -> dict[str, int]:
-    counts = dict.fromkeys((state.value for state in DeliveryState), 0)
-    rows = session.execute(select(DicomDelivery.state, func.count()).group_by(DicomDelivery.state))
-    counts.update({str(state): count for state, count in rows})
-    return counts

@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 
 from core.backlog import backlog_by_priority, recent_fill
 from core.models import (
+    DeliveryState,
+    DicomDelivery,
     Job,
     JobStatus,
     ModelStatus,
@@ -39,6 +41,7 @@ class ServiceCounts:
     training_runs: dict[str, int]  # by status
     backlog: dict[str, int]  # images without a result, by the priority they are scored at
     pass_fill: float | None  # mean images over batch size of the recent passes
+    dicom_reports: dict[str, int]  # deliveries of DICOM reports, by state
 
 
 def service_counts(
@@ -78,6 +81,7 @@ def service_counts(
         training_runs=_by_status(session, TrainingRun.status, RunStatus),
         backlog=backlog_by_priority(session, max_wait, now),
         pass_fill=recent_fill(session),
+        dicom_reports=_by_status(session, DicomDelivery.state, DeliveryState),
     )
 
 

@@ -14,8 +14,9 @@ import redis
 
 from core.config import Settings, load_settings
 from core.migrate import upgrade
+from tests.pacs import ORTHANC, Orthanc
 from tests.stack import Stack
-from tests.support import shared_data_dir
+from tests.support import free_port, shared_data_dir
 
 POSTGRES_URL = os.environ.get(
     "PNEUMOSCAN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -163,3 +164,13 @@ def small_reference(shared_data: Path, tmp_path_factory: pytest.TempPathFactory)
         for path in sorted((shared_data / "kermany224" / name).iterdir())[:30]:
             shutil.copy(path, root / name / path.name)
     return root
+
+
+@pytest.fixture(scope="session")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    """A real PACS (Debian's Orthanc), shared by the DICOM tests; each adds its own modality."""
+    if not Path(ORTHANC).exists():
+        unavailable("Orthanc is not installed (apt-get install orthanc; .ci/run does)")
+    orthanc = Orthanc(tmp_path_factory.mktemp("orthanc"), free_port(), free_port(), "ORTHANC")
+    yield orthanc
+    orthanc.stop()

@@ -33,6 +33,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, list):
             value = os.pathsep.join(str(item) for item in value)
+        if isinstance(value, dict):  # PNEUMOSCAN_DICOM_PEERS: AE=name,...
+            value = ",".join(f"{key}={item}" for key, item in value.items())
         env[f"PNEUMOSCAN_{name.upper()}"] = str(value)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return env

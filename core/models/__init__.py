@@ -3,9 +3,6 @@
 from core.models.api_keys import ApiKey
 from core.models.base import Base, utcnow
 from core.models.deliveries import (
-    Callback,
-    CallbackAttempt,
-    CallbackSecret,
     DeliveryState,
     DicomDelivery,
 )
@@ -31,9 +28,6 @@ __all__ = [
     "FINISHED_STATUSES",
     "ApiKey",
     "Base",
-    "Callback",
-    "CallbackAttempt",
-    "CallbackSecret",
     "DeliveryState",
     "DicomDelivery",
     "Image",

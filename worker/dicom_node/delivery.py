@@ -42,9 +42,10 @@ def send(ae: AE, destination: Destination, report: Dataset) -> tuple[bool, str]:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     except OSError as exc:
         return False, f"no association with {destination}: {exc}"
+    if assoc.is_rejected:
+        return False, f"{destination} rejected the association (does it know our AE title?)"
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "refused"
-        return False, f"association with {destination} {why} (is it up, and does it know us?)"
+        return False, f"no association with {destination} (is it up?)"
     try:
         status = assoc.send_c_store(report)
     finally:
