@@ -8,8 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import Service, free_port, pneumoscan, processes_with
+from tests.pacs import Orthanc
 from tests.support import wait_for
+
+
+@pytest.fixture
+def extra_env() -> dict[str, str]:
+    """`up` also runs the DICOM node when it has a port."""
+    return {"PNEUMOSCAN_DICOM_PORT": str(free_port()), "PNEUMOSCAN_DICOM_PEERS": "ORTHANC=pacs"}
 
 
 def test_up_serves_submit_writes_one_row_per_image_and_ctrl_c_stops_everything(
@@ -17,8 +26,13 @@ def test_up_serves_submit_writes_one_row_per_image_and_ctrl_c_stops_everything(
     shared_data: Path,
     baseline_model: Path,
     tmp_path: Path,
+    pacs: Orthanc,
 ) -> None:
     env, process, log_path = service
+    # The DICOM node `up` started answers the PACS's C-ECHO.
+    assert f"DICOM node PNEUMOSCAN on port {env['PNEUMOSCAN_DICOM_PORT']}" in log_path.read_text()
+    pacs.add_modality("up-node", "PNEUMOSCAN", int(env["PNEUMOSCAN_DICOM_PORT"]))
+    wait_for(lambda: pacs.echo("up-node") == 200, 30, "the node to answer C-ECHO")
     imported = pneumoscan(env, "models", "import", str(baseline_model), "--activate")
     assert imported.returncode == 0, imported.stderr
     out = tmp_path / "r.csv"
@@ -42,8 +56,8 @@ def test_up_serves_submit_writes_one_row_per_image_and_ctrl_c_stops_everything(
     assert all(0.0 <= float(row["probability"]) <= 1.0 for row in rows)
 
     marker = f"PNEUMOSCAN_HOME={env['PNEUMOSCAN_HOME']}".encode()
-    # up, api (gunicorn and its workers), both workers (and their pool children), beat
-    assert len(processes_with(marker)) >= 5
+    # up, api (gunicorn and its workers), the workers (and their pool children), beat, node
+    assert len(processes_with(marker)) >= 6
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=90) == 0
     assert processes_with(marker) == []  # every child is gone

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from core.config import Settings
 from core.db import Database
 from core.models import Job, SourceKind
+from tests.conftest import unavailable
 from tests.dicoms import PATIENT_NAME, chest_like, dataset, real_study
 from tests.pacs import Orthanc
 from tests.stack import Stack
@@ -260,7 +261,7 @@ def check_report(sr: Dataset, study: list[Dataset], results: list[dict[str, Any]
 def check_with_dciodvfy(sr: Dataset, tmp_path: Path) -> None:
     """dicom3tools' validator finds no error in the report (warnings are allowed)."""
     if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
+        unavailable("dciodvfy (dicom3tools) is not installed: apt-get install dicom3tools")
     path = tmp_path / "report.dcm"
     sr.save_as(path, enforce_file_format=True)
     checked = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)

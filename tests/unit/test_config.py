@@ -97,3 +97,35 @@ def test_an_import_root_sharing_the_storage_folder_is_refused_at_start(
 def test_the_database_url_is_shown_without_its_password() -> None:
     settings = load_settings(database_url="postgresql+psycopg://scan:s3cret@db.example/pneumo")
     assert settings.database_shown == "postgresql+psycopg://scan:***@db.example/pneumo"
+
+
+def test_dicom_peers_and_destination_are_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PNEUMOSCAN_DICOM_PEERS", "PACS=radiology, ORTHANC = ward-3")
+    monkeypatch.setenv("PNEUMOSCAN_DICOM_DESTINATION", "PACS@pacs.example:104")
+    settings = Settings()
+    assert settings.dicom_peers == {"PACS": "radiology", "ORTHANC": "ward-3"}
+    assert settings.destination is not None
+    assert settings.destination.ae_title == "PACS"
+    assert settings.destination.host == "pacs.example"
+    assert settings.destination.port == 104
+    assert Settings().model_copy(update={"dicom_destination": ""}).destination is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("PNEUMOSCAN_DICOM_PEERS", "PACS", "is not AE_TITLE=key-name"),
+        ("PNEUMOSCAN_DICOM_PEERS", "A_TITLE_LONGER_THAN_16=x", "not a DICOM AE title"),
+        ("PNEUMOSCAN_DICOM_DESTINATION", "pacs.example:104", "is not AE@host:port"),
+        ("PNEUMOSCAN_DICOM_DESTINATION", "PACS@pacs.example:http", "is not AE@host:port"),
+        ("PNEUMOSCAN_DICOM_AE_TITLE", "BACK\\SLASH", "not a DICOM AE title"),
+    ],
+)
+def test_a_bad_dicom_setting_is_refused_with_its_name(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, said: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=said):
+        Settings()
