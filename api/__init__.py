@@ -6,7 +6,19 @@ from importlib.metadata import PackageNotFoundError, version
 
 from apiflask import APIFlask
 
-from api import docs, errors, health, jobs, metrics, models, results, training, ui, uploads
+from api import (
+    callbacks,
+    docs,
+    errors,
+    health,
+    jobs,
+    metrics,
+    models,
+    results,
+    training,
+    ui,
+    uploads,
+)
 from api.context import EXTENSION, ApiContext
 from api.openapi import RequestBodiesPlugin
 from api.schemas import ErrorOut
@@ -53,6 +65,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     results.init_app(app)
     models.init_app(app)
     training.init_app(app)
+    callbacks.init_app(app)
     ui.init_app(app, settings)
     return app
 

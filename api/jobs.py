@@ -27,10 +27,11 @@ from api.schemas import (
 )
 from api.uploads import CHUNK, UPLOAD_TYPES, persist, upload_slot, watched_upload
 from core.backlog import Place, place_of
+from core.callbacks import callback_of, check_callback_url
 from core.deliveries import reports_of
 from core.job_state import is_scoring
 from core.jobs import cancel_job, get_job, list_jobs
-from core.models import DicomDelivery, Job, Priority
+from core.models import Callback, CallbackAttempt, DicomDelivery, Job, Priority
 from core.storage import ARCHIVE_NAME
 from core.submission import (
     JobStoppedDuringUploadError,
@@ -74,9 +75,14 @@ def init_app(app: APIFlask, bodies: RequestBodiesPlugin) -> None:
 )
 def submit_job(query: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Submit a zip (`archive`), files with relative paths (`images`) or a server folder;
-    `?priority=stat` puts its images ahead of routine ones (default: the key's priority)."""
+    `?priority=stat` puts its images ahead of routine ones (default: the key's priority);
+    `?callback_url=` is POSTed the job's summary when it ends."""
     context = api_context(current_app)
-    new = NewJob(uuid4().hex, caller().name, Priority(query.get("priority", caller().priority)))
+    callback_url = query.get("callback_url")
+    with context.db.session() as session:  # refused before a byte of the upload is read
+        check_callback_url(session, caller().name, callback_url)
+    priority = Priority(query.get("priority", caller().priority))
+    new = NewJob(uuid4().hex, caller().name, priority, callback_url)
     if request.mimetype not in UPLOAD_TYPES:  # a folder job, or a body refused as it is
         return _submit(context, new)
     settings = context.settings
@@ -188,6 +194,7 @@ def get_job_status(job_id: str) -> dict[str, Any]:
         max_wait = timedelta(seconds=api_context(current_app).settings.max_wait_seconds)
         shown = _job_out(job, place_of(session, job.id, max_wait) if is_scoring(job) else None)
         shown["dicom_reports"] = [_report_out(report) for report in reports_of(session, job.id)]
+        shown["callback"] = _callback_out(callback_of(session, job.id))
         return shown
 
 
@@ -199,6 +206,28 @@ def cancel(job_id: str) -> dict[str, Any]:
     """Stop a job; results already written stay."""
     with api_context(current_app).db.session() as session:
         return _job_out(cancel_job(session, job_id, caller().owner_filter))
+
+
+def _callback_out(found: tuple[Callback, list[CallbackAttempt]] | None) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    callback, attempts = found
+    return {
+        "url": callback.url,
+        "state": callback.state,
+        "next_attempt_at": callback.next_attempt_at if callback.state == "pending" else None,
+        "delivered_at": callback.delivered_at,
+        "attempts": [
+            {
+                "number": a.number,
+                "started_at": a.started_at,
+                "http_status": a.http_status,
+                "error": a.error,
+                "duration_ms": a.duration_ms,
+            }
+            for a in attempts
+        ],
+    }
 
 
 def _report_out(report: DicomDelivery) -> dict[str, Any]:

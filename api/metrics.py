@@ -96,6 +96,13 @@ def gauges(counts: ServiceCounts) -> Iterator[Metric]:
         "state",
         counts.dicom_reports,
     )
+    yield _labelled(
+        "pneumoscan_callbacks",
+        "Job callbacks by state: pending (the job runs, or the next try waits), delivered, "
+        "failed (every try got no 2xx).",
+        "state",
+        counts.callbacks,
+    )
     if counts.pass_fill is not None:
         yield GaugeMetricFamily(
             "pneumoscan_pass_fill",

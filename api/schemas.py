@@ -5,10 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import Schema
-from apiflask.fields import Boolean, DateTime, Dict, File, Float, Integer, List, Nested, String
+from apiflask.fields import (
+    URL,
+    Boolean,
+    DateTime,
+    Dict,
+    File,
+    Float,
+    Integer,
+    List,
+    Nested,
+    String,
+)
 from apiflask.validators import Length, OneOf, Range
 from marshmallow import ValidationError, validates_schema
 
+from api.schemas_delivery import DicomReportOut, JobCallbackOut
 from core.choices import ActivationPolicy, Architecture, Augmentation, Optimizer, values
 from core.models import JobStatus, Priority
 
@@ -54,6 +66,15 @@ class SubmitQuery(Schema):
             "(`pneumoscan keys create --priority`), else routine."
         },
     )
+    callback_url = URL(
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=Length(max=2000),
+        metadata={
+            "description": "POSTed the job's summary when it ends, signed with the key name's "
+            "secret (`PUT /v1/callback` first). Default: the name's default URL, if set."
+        },
+    )
 
 
 class RejectedQuery(PageQuery):
@@ -73,19 +94,6 @@ class PaginationOut(Schema):
     per_page = Integer()
     total = Integer()
     pages = Integer()
-
-
-class DicomReportOut(Schema):
-    study_uid = String()
-    destination = String(metadata={"description": "`AE@host:port`"})
-    state = String(metadata={"enum": ["pending", "delivered", "failed", "skipped"]})
-    attempts = Integer()
-    last_status = String(
-        allow_none=True, metadata={"description": "The peer's C-STORE status, or why none came."}
-    )
-    next_attempt_at = DateTime(allow_none=True)
-    delivered_at = DateTime(allow_none=True)
-    report_uid = String(allow_none=True, metadata={"description": "The SR's SOPInstanceUID."})
 
 
 class JobOut(Schema):
@@ -119,6 +127,11 @@ class JobOut(Schema):
     started_at = DateTime(allow_none=True)
     finished_at = DateTime(allow_none=True)
     results_url = String()
+    callback = Nested(
+        JobCallbackOut,
+        allow_none=True,
+        metadata={"description": "`GET /v1/jobs/{id}` only: its callback and every attempt."},
+    )
     dicom_reports = List(
         Nested(DicomReportOut),
         metadata={

@@ -1,4 +1,4 @@
-"""API keys: create (shown once), list, revoke."""
+"""API keys: create (shown once), list, revoke; a name's callback URL and secret."""
 
 from __future__ import annotations
 
@@ -64,3 +64,22 @@ def keys_revoke(cli: CliContext, prefix: str) -> None:
     with domain_errors_shown(), cli.db.session() as session:
         row = revoke_key(session, prefix)
         click.echo(f"revoked {row.prefix}... ({row.name}, {row.scope})")
+
+
+@keys.command("callback")
+@click.option("--name", required=True, help="The key name (a DICOM peer's name too).")
+@click.option("--url", default=None, help="Where every job of the name reports when it ends.")
+@click.option("--rotate", is_flag=True, help="Make a new signing secret (the old one stops).")
+@pass_cli
+def keys_callback(cli: CliContext, name: str, url: str | None, rotate: bool) -> None:
+    """Set a name's default callback URL; its signing secret is printed once, when made."""
+    from core.callbacks import set_callback
+
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise click.BadParameter("an http:// or https:// URL", param_hint="--url")
+    with cli.db.session() as session:
+        _, made = set_callback(session, name, url, rotate)
+    click.echo(f"callbacks of {name!r}: {url or 'only URLs given on submit'}", err=True)
+    if made:
+        click.echo("the signing secret (HMAC-SHA256), shown only now:", err=True)
+        click.echo(made)

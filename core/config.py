@@ -12,7 +12,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from core.config_dicom import DicomSettings
+from core.config_delivery import DeliverySettings
 from core.config_training import TrainingSettings
 
 # What PNEUMOSCAN_DEVICE=gpu changes, unless the setting is given (unmeasured: no GPU here).
@@ -27,7 +27,7 @@ GPU_DEFAULTS: dict[str, object] = {
 BROKER_SCHEMES = ("filesystem", "redis", "rediss", "amqp", "sqla+sqlite", "sqla+postgresql")
 
 
-class Settings(TrainingSettings, DicomSettings):
+class Settings(TrainingSettings, DeliverySettings):
     """Everything a pneumoscan process can be told; embedded defaults live under `home`."""
 
     model_config = SettingsConfigDict(env_prefix="PNEUMOSCAN_", extra="ignore")

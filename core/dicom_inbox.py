@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import callbacks
 from core.db import Database
 from core.dicom_report import Identity
 from core.errors import UnavailableError
@@ -134,7 +135,7 @@ class DicomInbox:
         self, db: Database, enqueue: Enqueue, closed: ClosedStudy, destination: str | None
     ) -> None:
         """The closed study as a job of its peer's key name, with the delivery of its report
-        when a destination is set; queued for ingest."""
+        when a destination is set (and the key name's default callback); queued for ingest."""
         instances = sorted(p.name for p in closed.folder.glob("*.dcm"))
         manifest = [{"file": name, "relative_path": name} for name in instances]
         _write_durably(closed.folder / MANIFEST, json.dumps(manifest).encode())
@@ -142,6 +143,7 @@ class DicomInbox:
             if session.get(Job, closed.job_id) is None:
                 source = f"DICOM study {closed.study_uid} from {closed.calling_ae}"
                 create_job(session, SourceKind.DICOM, source, closed.job_id, closed.owner)
+                callbacks.attach(session, closed.job_id, closed.owner, None)
                 if destination:
                     session.add(
                         DicomDelivery(

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from core.backlog import backlog_by_priority, recent_fill
 from core.models import (
+    Callback,
     DeliveryState,
     DicomDelivery,
     Job,
@@ -42,6 +43,7 @@ class ServiceCounts:
     backlog: dict[str, int]  # images without a result, by the priority they are scored at
     pass_fill: float | None  # mean images over batch size of the recent passes
     dicom_reports: dict[str, int]  # deliveries of DICOM reports, by state
+    callbacks: dict[str, int]  # job callbacks, by state
 
 
 def service_counts(
@@ -82,6 +84,7 @@ def service_counts(
         backlog=backlog_by_priority(session, max_wait, now),
         pass_fill=recent_fill(session),
         dicom_reports=_by_status(session, DicomDelivery.state, DeliveryState),
+        callbacks=_by_status(session, Callback.state, DeliveryState),
     )
 
 

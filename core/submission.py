@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from core import job_state
+from core import callbacks, job_state
 from core.config import Settings
 from core.db import Database
 from core.errors import UnavailableError
@@ -38,6 +38,8 @@ class NewJob:
     id: str
     owner: str
     priority: Priority = Priority.ROUTINE
+    # Where the job's summary is POSTed when it ends; None: the owner's default URL, if any.
+    callback_url: str | None = None
 
 
 # A raw zip upload is judged fast enough to expand while it arrives after this many bytes.
@@ -178,6 +180,7 @@ def _record_and_enqueue(
     try:
         with db.session() as session:
             job = create_job(session, kind, source, new.id, new.owner, new.priority)
+            callbacks.attach(session, new.id, new.owner, new.callback_url)
     except BaseException:
         if storage is not None:
             storage.remove_job(new.id)

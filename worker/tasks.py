@@ -184,6 +184,19 @@ def make_heatmap(self: Task, image_id: int) -> None:
         log.info("no heatmap for image %s: %s", image_id, exc)
 
 
+@shared_task(bind=True)
+def send_callbacks(self: Task) -> None:
+    """Beat's tick: POST the summaries of ended jobs whose callbacks are due (a database
+    outage just skips the tick: the next one sends them)."""
+    from core.callbacks import http_post, send_due
+
+    context = context_of(self.app)
+    settings = context.settings
+    sent = send_due(context.db, settings, http_post(settings.callback_timeout_seconds))
+    if sent:
+        log.info("%d callbacks delivered", sent)
+
+
 @shared_task(bind=True, **RETRY_WHILE_DATABASE_IS_DOWN)
 def sweep(self: Task) -> None:
     """Beat's safety net: start jobs waiting for a model, send again the work of jobs that

@@ -24,6 +24,7 @@ TRAIN_MODEL = "worker.tasks.train_model"
 SCHEDULE_RETRAINING = "worker.tasks.schedule_retraining"
 SWEEP = "worker.tasks.sweep"
 MAKE_HEATMAP = "worker.tasks.make_heatmap"
+SEND_CALLBACKS = "worker.tasks.send_callbacks"
 
 TASK_ROUTES = {
     INGEST_JOB: {"queue": INGEST_QUEUE},
@@ -34,6 +35,8 @@ TASK_ROUTES = {
     # Scoring workers have TensorFlow; a heatmap is one image's forward and backward pass.
     MAKE_HEATMAP: {"queue": SCORING_QUEUE},
     SCHEDULE_RETRAINING: {"queue": INGEST_QUEUE},
+    # HTTP POSTs: no TensorFlow, short.
+    SEND_CALLBACKS: {"queue": INGEST_QUEUE},
     TRAIN_MODEL: {"queue": TRAINING_QUEUE},
 }
 
@@ -71,6 +74,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "beat_schedule": {
             "sweep": {"task": SWEEP, "schedule": settings.sweep_seconds},
+            "callbacks": {"task": SEND_CALLBACKS, "schedule": settings.delivery_poll_seconds},
             "nightly-retraining": {
                 "task": SCHEDULE_RETRAINING,
                 "schedule": crontab.from_string(settings.retrain_cron),

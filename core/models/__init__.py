@@ -3,6 +3,9 @@
 from core.models.api_keys import ApiKey
 from core.models.base import Base, utcnow
 from core.models.deliveries import (
+    Callback,
+    CallbackAttempt,
+    CallbackSecret,
     DeliveryState,
     DicomDelivery,
 )
@@ -28,6 +31,9 @@ __all__ = [
     "FINISHED_STATUSES",
     "ApiKey",
     "Base",
+    "Callback",
+    "CallbackAttempt",
+    "CallbackSecret",
     "DeliveryState",
     "DicomDelivery",
     "Image",

@@ -11,7 +11,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Comprehensive3DSRStorage  # type: ignore[attr-defined]
 
 from core.config import Settings
-from core.config_dicom import Destination, parse_destination
+from core.config_delivery import Destination, parse_destination
 from core.db import Database
 from core.deliveries import due_reports, report_sent, report_skipped
 from core.dicom_inbox import DicomInbox

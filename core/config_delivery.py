@@ -1,5 +1,5 @@
-"""The settings of the DICOM node and of the reports it sends; `core.config.Settings`
-inherits them."""
+"""The settings of what leaves pneumoscan when a job ends (the DICOM node's reports, the
+callbacks) and of the DICOM node itself; `core.config.Settings` inherits them."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def parse_destination(value: str) -> Destination:
     return Destination(ae_title(title), host, int(port))
 
 
-class DicomSettings(BaseSettings):
-    """PNEUMOSCAN_DICOM_*."""
+class DeliverySettings(BaseSettings):
+    """PNEUMOSCAN_DICOM_*, PNEUMOSCAN_CALLBACK_*."""
 
     model_config = SettingsConfigDict(env_prefix="PNEUMOSCAN_", extra="ignore")
 
@@ -65,8 +65,17 @@ class DicomSettings(BaseSettings):
     dicom_retry_seconds: float = Field(
         10.0, gt=0, description="The wait after a report's first failed send; doubles each time."
     )
+    callback_attempts: int = Field(
+        8, ge=1, description="POSTs of a job's summary before its callback counts as failed."
+    )
+    callback_retry_seconds: float = Field(
+        10.0, gt=0, description="The wait after a callback's first failed POST; doubles each time."
+    )
+    callback_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long one callback POST may take."
+    )
     delivery_poll_seconds: float = Field(
-        2.0, gt=0, description="How often the DICOM node looks for reports due to be sent."
+        2.0, gt=0, description="How often callbacks and DICOM reports due are looked for."
     )
 
     @field_validator("dicom_ae_title")
