@@ -188,6 +188,9 @@ def test_a_study_from_the_pacs_is_scored_and_its_report_reaches_a_destination_on
             assert "no association" in report["last_status"]
 
             later = Orthanc(tmp_path / "later", free_port(), later_port, "LATER")
+            # LATER is not a listed peer: the node refuses its association.
+            later.add_modality("node", "PNEUMOSCAN", configured.dicom_port)
+            assert later.echo("node") != 200
             wait_for(
                 lambda: stack.job(job_id)["dicom_reports"][0]["state"] == "delivered",
                 60,
