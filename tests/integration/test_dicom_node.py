@@ -270,3 +270,40 @@ def check_with_dciodvfy(sr: Dataset, tmp_path: Path) -> None:
     checked = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
     errors = [line for line in checked.stderr.splitlines() if line.startswith("Error")]
     assert errors == [], checked.stderr
+
+
+@pytest.mark.slow
+def test_a_node_restarted_before_delivery_asks_the_pacs_who_the_patient_is(
+    settings: Settings,
+    pacs: Orthanc,
+    baseline_model: Path,
+    shared_data: Path,
+    tmp_path: Path,
+) -> None:
+    """The identity is held in memory only; a node that lost it gets it by C-FIND."""
+    configured = node_settings(settings, f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}")
+    stack = Stack(configured, tmp_path)
+    stack.start_worker()  # and no model yet: the job waits for one
+    study = real_study(shared_data, images=1, PatientName="Poe^Edgar", PatientID="P-9")
+    for instance in study:
+        orthanc_study = pacs.upload(instance)["ParentStudy"]
+    try:
+        with running(DicomNode(configured, stack.db, stack.queue.ingest)):
+            pacs.add_modality("node-restart", "PNEUMOSCAN", configured.dicom_port)
+            assert pacs.store("node-restart", [orthanc_study]).status_code == 200
+            wait_for(lambda: dicom_jobs(stack.db), 30, "the study to become a job")
+        job_id = dicom_jobs(stack.db)[0][0]
+        stack.import_model(baseline_model)  # the node is gone, and what it held with it
+        assert stack.wait_finished(job_id)["status"] == "completed"
+        with running(DicomNode(configured, stack.db, stack.queue.ingest)):
+            wait_for(
+                lambda: stack.job(job_id)["dicom_reports"][0]["state"] == "delivered",
+                60,
+                "the report delivered by the new node",
+            )
+        (sr,) = pacs.wait_for_reports(orthanc_study, 1)
+        assert sr.PatientName == "Poe^Edgar"
+        assert sr.PatientID == "P-9"
+        assert sr.AccessionNumber == "A-1"
+    finally:
+        stack.close()
