@@ -56,8 +56,8 @@ class ClosedStudy:
 
 
 class DicomInbox:
-    def __init__(self, storage: Storage, idle_seconds: float) -> None:
-        self.storage = storage
+    def __init__(self, storage: Storage, idle_seconds: float, keep_identities: bool) -> None:
+        self.storage, self.keep_identities = storage, keep_identities
         self.root = storage.root / "dicom"
         self.incoming, self.closing = self.root / "incoming", self.root / "closing"
         self.idle_seconds = idle_seconds
@@ -65,8 +65,9 @@ class DicomInbox:
         # no instance lands in a folder that has just become a job.
         self._lock = threading.Lock()
         # The patient and study identity of each study, by study key, then by job id once it
-        # closed: never written anywhere, it goes into the report sent back (and is gone if
-        # the node stops before that; docs/reliability.md).
+        # closed: never written anywhere, it goes into the report sent back, then is
+        # forgotten (a node that restarted asks the destination: worker/dicom_node/delivery).
+        # Nothing is kept when no report is sent.
         self._identities: dict[str, Identity] = {}
 
     def store(
@@ -92,7 +93,8 @@ class DicomInbox:
                 _write_durably(study, json.dumps(facts).encode())
             _write_durably(folder / name, data)
             os.utime(folder)  # the study's last arrival, also when an instance came again
-            self._identities[key] = identity
+            if self.keep_identities:
+                self._identities[key] = identity
         return key
 
     def idle_studies(self) -> list[str]:

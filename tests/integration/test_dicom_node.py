@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import sys
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from tests.conftest import unavailable
 from tests.dicoms import PATIENT_NAME, chest_like, dataset, real_study
 from tests.pacs import Orthanc
 from tests.stack import Stack
-from tests.support import free_port, wait_for
+from tests.support import REPO, free_port, settings_env, wait_for
 from worker.dicom_node import DicomNode
 
 PEER = "ORTHANC"
@@ -115,6 +116,7 @@ def test_only_listed_peers_and_radiographs_get_in(settings: Settings, pacs: Orth
         jobs = dicom_jobs(db)
         assert [owner for _, owner in jobs] == ["radiology"]
         assert queued == [jobs[0][0]]
+        assert node.inbox.identity(jobs[0][0]) is None  # no destination: not even in memory
         assert not any(node.inbox.incoming.iterdir())
 
 
@@ -307,3 +309,21 @@ def test_a_node_restarted_before_delivery_asks_the_pacs_who_the_patient_is(
         assert sr.AccessionNumber == "A-1"
     finally:
         stack.close()
+
+
+def test_the_node_will_not_start_without_a_port_or_peers(settings: Settings) -> None:
+    env = settings_env(settings)
+    for extra, said in (
+        ({}, "set PNEUMOSCAN_DICOM_PORT"),
+        ({"PNEUMOSCAN_DICOM_PORT": str(free_port())}, "PNEUMOSCAN_DICOM_PEERS is empty"),
+    ):
+        started = subprocess.run(
+            [sys.executable, "-m", "cli", "dicom-node"],
+            env={**env, **extra},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert started.returncode != 0
+        assert said in started.stderr

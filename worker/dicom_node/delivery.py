@@ -23,7 +23,7 @@ from core.db import Database
 from core.deliveries import due_reports, report_sent, report_skipped
 from core.dicom_inbox import DicomInbox
 from core.dicom_report import IDENTITY_KEYWORDS, Identity, build_report, study_findings
-from core.models import DicomDelivery, Job, JobStatus
+from core.models import DeliveryState, DicomDelivery, Job, JobStatus
 
 log = logging.getLogger(__name__)
 # Statuses of a stored instance: success, and the warnings (PS3.4 B.2.3: coercion, ...).
@@ -107,10 +107,12 @@ def deliver_due(db: Database, inbox: DicomInbox, settings: Settings, ae: AE) -> 
             if job is None or job.status != JobStatus.COMPLETED:
                 status = job.status if job else "deleted"
                 report_skipped(delivery, f"the job was {status}: no report is sent")
+                inbox.forget(delivery.job_id)
                 continue
             findings = study_findings(session, job.id).get(delivery.study_uid)
             if not findings:
                 report_skipped(delivery, "no image of the study could be scored")
+                inbox.forget(job.id)
                 continue
             ok, said = _deliver(delivery, findings, inbox.identity(job.id), settings, ae)
             session.commit()  # each send recorded as it happens
@@ -123,6 +125,7 @@ def deliver_due(db: Database, inbox: DicomInbox, settings: Settings, ae: AE) -> 
             )
             if ok:
                 delivered += 1
+            if delivery.state != DeliveryState.PENDING:  # delivered, or given up on
                 inbox.forget(job.id)
     return delivered
 

@@ -22,7 +22,11 @@ TICK_SECONDS = 0.5
 class DicomNode:
     def __init__(self, settings: Settings, db: Database, enqueue: Callable[[str], None]) -> None:
         self.settings, self.db, self.enqueue = settings, db, enqueue
-        self.inbox = DicomInbox(Storage(settings.storage_dir), settings.dicom_study_idle_seconds)
+        self.inbox = DicomInbox(
+            Storage(settings.storage_dir),
+            settings.dicom_study_idle_seconds,
+            keep_identities=settings.destination is not None,
+        )
         self.stopping = threading.Event()
         self._receiver = receiving_ae(settings.dicom_ae_title, settings.dicom_peers)
         self._sender = sending_ae(settings.dicom_ae_title)
