@@ -1,6 +1,10 @@
 # One image per role, from one code base. EXTRAS picks what is installed:
-#   ""  -> api and beat (no TensorFlow)     cpu -> CPU workers     gpu -> GPU workers
-FROM python:3.11-slim
+#   ""  -> api, ingest worker, DICOM node and beat (no TensorFlow)
+#   cpu -> CPU workers     gpu -> GPU workers
+# BASE_IMAGE: the official image by default; deploy/local-images.sh makes a stand-in from
+# Debian's packages where no registry can be reached.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -29,6 +33,5 @@ USER pneumoscan
 ENV PNEUMOSCAN_HOME=/data \
     PNEUMOSCAN_API_HOST=0.0.0.0
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)" || exit 1
 ENTRYPOINT ["pneumoscan"]
 CMD ["api"]
