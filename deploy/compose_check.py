@@ -48,6 +48,15 @@ def compose(*args: str, capture: bool = False, check: bool = True) -> str:
     return done.stdout or ""
 
 
+def health(container: str) -> str:
+    return subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.Health.Status}}", container],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+
+
 def sql(query: str) -> str:
     return compose(
         "exec", "-T", "postgres", "psql", "-U", "pneumoscan", "-tAc", query, capture=True
@@ -67,13 +76,15 @@ def wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def real_zip(folder: Path) -> tuple[bytes, int]:
+def real_zip(folder: Path, copies: int = 1) -> tuple[bytes, int]:
+    """The folder's X-rays, `copies` times over (under copy-N/ folders), zipped."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for path in files:
-            archive.write(path, path.relative_to(folder).as_posix())
-    return buffer.getvalue(), len(files)
+        for copy in range(copies):
+            for path in files:
+                archive.write(path, f"copy-{copy}/{path.relative_to(folder).as_posix()}")
+    return buffer.getvalue(), len(files) * copies
 
 
 class Client:
@@ -121,17 +132,19 @@ def check(data: Path) -> None:
     say("building the images")
     compose("build")
     for image in IMAGES:
-        size = subprocess.run(
-            ["docker", "image", "inspect", "-f", "{{.Size}}", image],
+        size, user = subprocess.run(
+            ["docker", "image", "inspect", "-f", "{{.Size}} {{.Config.User}}", image],
             capture_output=True,
             text=True,
             check=True,
-        ).stdout.strip()
-        say(f"image {image}: {int(size) / 1e6:.0f} MB")
+        ).stdout.split()
+        expect(user not in ("", "root", "0"), f"{image} runs as root")
+        say(f"image {image}: {int(size) / 1e6:.0f} MB, runs as {user}")
     say("starting the stack")
     compose("up", "-d")
-    wait(lambda: httpx.get(f"{API}/readyz", timeout=5).status_code == 200, 300, "/readyz")
-    say(f"API ready ({compose('ps', capture=True).count('healthy')} healthy services)")
+    api = compose("ps", "-q", "api", capture=True).strip()
+    wait(lambda: health(api) == "healthy", 300, "the API's healthcheck (/readyz)")
+    say("the API container is healthy (its compose healthcheck calls /readyz)")
 
     key = (
         compose(
@@ -169,10 +182,7 @@ def check(data: Path) -> None:
             check=True,
             capture_output=True,
         )
-        container = compose("ps", "-q", "api", capture=True).strip()
-        subprocess.run(
-            ["docker", "cp", str(model), f"{container}:/data/storage/model.keras"], check=True
-        )
+        subprocess.run(["docker", "cp", str(model), f"{api}:/data/storage/model.keras"], check=True)
     compose(
         "exec",
         "-T",
@@ -202,10 +212,14 @@ def check(data: Path) -> None:
     expect(int(workers) == 2, f"only {workers} worker(s) scored job {job_id}")
     say(f"job {job_id}: scored by {workers} workers (--scale worker=2)")
 
+    # A job long enough to be caught in the middle: the films five times over.
+    archive, count = real_zip(data, copies=5)
     job_id = client.submit(archive)
-    wait(lambda: 0 < client.job(job_id)["scored"] < count, 600, "the job to be half-way")
+    wait(lambda: client.job(job_id)["scored"] > 0, 600, "the job's first results")
     compose("restart", "redis")
-    say(f"job {job_id}: Redis restarted at {client.job(job_id)['scored']}/{count}")
+    at_restart = client.job(job_id)
+    expect(at_restart["status"] == "running", f"the job ended before Redis restarted: {at_restart}")
+    say(f"job {job_id}: Redis restarted at {at_restart['scored']}/{count}")
     job = client.finished(job_id)
     scored, paths = results_in_postgres(job_id)
     expect(job["status"] == "completed" and scored == paths == count, (job, scored, paths))

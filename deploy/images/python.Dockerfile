@@ -6,7 +6,7 @@ ARG DEBIAN_IMAGE=pneumoscan-local/debian:bookworm
 FROM ${DEBIAN_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/python
 COPY host-ca.crt /etc/pneumoscan/host-ca.crt
 ENV PATH=/opt/python/bin:$PATH \

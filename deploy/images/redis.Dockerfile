@@ -3,7 +3,7 @@ ARG DEBIAN_IMAGE=pneumoscan-local/debian:bookworm
 FROM ${DEBIAN_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends redis-server redis-tools \
- && rm -rf /var/lib/apt/lists/* \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /data && chown redis:redis /data
 COPY redis-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 WORKDIR /data
